@@ -1,0 +1,143 @@
+"""`policyd serve`: load the policy, listen, answer, reload on SIGHUP."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Optional
+
+import grpc
+
+from ..engine import PolicyLoadError
+from ..v1 import policy_pb2_grpc as pb_grpc
+from . import listen
+from .service import AdminService, PolicyService
+from .store import PolicyStore
+
+log = logging.getLogger("policyd.serve")
+
+
+@dataclass
+class ServeOptions:
+    rules: str
+    listen: str
+    admin_listen: Optional[str] = None  # None: next to a unix listen socket
+    socket_mode: int = 0o660
+    socket_group: Optional[str] = None
+    cache_ttl_ms: int = 5000
+    workers: int = 8
+    allow_remote_plaintext: bool = False
+
+
+class Daemon:
+    """The running daemon: a policy store and two gRPC servers.
+
+    The broker-facing server carries only the Policy service. Admin (Reload,
+    Status) lives on its own listener, by default a 0600 unix socket, so that
+    whoever can reach the broker's socket cannot reload policy.
+    """
+
+    def __init__(self, opts: ServeOptions):
+        self.opts = opts
+        self.store = PolicyStore(opts.rules)
+        self.policy_service = PolicyService(self.store, opts.cache_ttl_ms)
+        self._servers: list[grpc.Server] = []
+        self._unix_paths: list[str] = []
+        self._stop = threading.Event()
+        self._reload_requested = threading.Event()
+
+    def start(self) -> None:
+        outcome = self.store.reload("start")
+        if not outcome.ok:
+            raise PolicyLoadError(list(outcome.problems))
+        endpoint = listen.parse(self.opts.listen)
+        admin = (listen.parse(self.opts.admin_listen) if self.opts.admin_listen
+                 else listen.admin_default(endpoint))
+        policy_server = self._server()
+        pb_grpc.add_PolicyServicer_to_server(self.policy_service, policy_server)
+        self._bind(policy_server, endpoint, self.opts.socket_mode, self.opts.socket_group)
+        if admin is not None:
+            admin_server = self._server(workers=2)
+            pb_grpc.add_AdminServicer_to_server(AdminService(self.store), admin_server)
+            self._bind(admin_server, admin, 0o600, None)
+        for server in self._servers:
+            server.start()
+        log.info("policyd listening on %s (admin: %s)", endpoint.target,
+                 admin.target if admin else "none; reload with SIGHUP")
+
+    def _server(self, workers: Optional[int] = None) -> grpc.Server:
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers or self.opts.workers),
+                             options=[("grpc.so_reuseport", 0)])
+        self._servers.append(server)
+        return server
+
+    def _bind(self, server: grpc.Server, endpoint: listen.Endpoint, mode: int, group: Optional[str]) -> None:
+        if endpoint.is_unix:
+            listen.prepare_unix_path(endpoint.unix_path)
+            old_umask = os.umask(0o177)  # the socket is born private, then opened up
+            try:
+                bound = server.add_insecure_port(endpoint.target)
+            finally:
+                os.umask(old_umask)
+            if not bound:
+                raise listen.ListenError(f"cannot listen on {endpoint.target}")
+            self._unix_paths.append(endpoint.unix_path)
+            listen.secure_unix_socket(endpoint.unix_path, mode, group)
+            return
+        if not listen.is_loopback(endpoint.host) and not self.opts.allow_remote_plaintext:
+            raise listen.ListenError(
+                f"refusing plaintext gRPC on non-loopback address {endpoint.target}: "
+                "use a unix socket or a loopback address")
+        if not server.add_insecure_port(endpoint.target):
+            raise listen.ListenError(f"cannot listen on {endpoint.target}")
+
+    def request_reload(self) -> None:
+        """Safe to call from a signal handler: the reload runs on the main loop."""
+        self._reload_requested.set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        self._reload_requested.set()
+
+    def run_until_stopped(self) -> None:
+        while not self._stop.is_set():
+            self._reload_requested.wait()
+            self._reload_requested.clear()
+            if not self._stop.is_set():
+                self.store.reload("SIGHUP")
+        self.stop()
+
+    def stop(self) -> None:
+        for server in self._servers:
+            server.stop(grace=1.0).wait()
+        for path in self._unix_paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+
+def serve(opts: ServeOptions) -> int:
+    daemon = Daemon(opts)
+    try:
+        daemon.start()
+    except PolicyLoadError as exc:
+        for problem in exc.problems:
+            log.error("%s", problem)
+        log.error("not starting: %s has errors", opts.rules)
+        daemon.stop()
+        return 2
+    except (listen.ListenError, OSError) as exc:
+        log.error("not starting: %s", exc)
+        daemon.stop()
+        return 2
+    signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
+    signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: daemon.request_stop())
+    daemon.run_until_stopped()
+    log.info("policyd stopped")
+    return 0
