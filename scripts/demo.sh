@@ -66,6 +66,7 @@ printf '%s$ %s%s\n' "$dim" "mosquitto -c mosquitto.conf &" "$off"
 mosquitto -c mosquitto.conf &
 pids+=($!)
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && break; sleep 0.1; done
+(exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null || { echo "mosquitto did not start:"; cat mosquitto.log; exit 1; }
 
 TLS=(-h 127.0.0.1 -p "$PORT" --cafile certs/ca.pem)
 DEV123=("${TLS[@]}" --cert certs/Device123.pem --key certs/Device123.key)

@@ -274,11 +274,15 @@ class Device:
         return self
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 1, timeout: float = 10) -> int:
-        """Publish and return the PUBACK reason code (0 = accepted, 0x87 = not authorized)."""
+        """Publish; return 0 when accepted, else the PUBACK reason code (0x87 = not authorized).
+
+        0x10 "no matching subscribers" is a success code too and is returned as 0.
+        """
         info = self.client.publish(topic, payload, qos=qos)
         if qos == 0:
             return 0
-        return self._ack(info.mid).get(timeout=timeout).value
+        code = self._ack(info.mid).get(timeout=timeout).value
+        return 0 if code < 0x80 else code
 
     def subscribe(self, topic_filter: str, qos: int = 1, timeout: float = 10) -> int:
         """Subscribe and return the SUBACK reason code (0..2 = granted QoS, 0x87 = not authorized)."""

@@ -1,0 +1,231 @@
+#include <errno.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <mosquitto.h>
+#include <mosquitto_broker.h>
+
+#include "config.h"
+#include "logging.h"
+
+#define CONFIG_STRING_MAX 4096
+
+/*
+ * Options are described by a table; adding one means adding a field to
+ * struct policyd_config, a row below and, for a new kind of value, a case
+ * in option_set(). Planned: cache_size and stats_interval_s (OPT_INT),
+ * cache_ttl_s (OPT_INT), on_error deny|stale (an enum kind), identity and
+ * tls_ca/tls_cert/tls_key (OPT_STRING paths).
+ */
+enum option_kind {
+	OPT_STRING,
+	OPT_INT,
+};
+
+struct option_spec {
+	const char *key;
+	enum option_kind kind;
+	size_t offset;
+	bool required;
+	bool secret;        /* never echo the value in a log line */
+	long min, max;      /* OPT_INT only */
+};
+
+static const struct option_spec option_specs[] = {
+	{
+		.key = "policyd_address", .kind = OPT_STRING,
+		.offset = offsetof(struct policyd_config, address),
+		.required = true,
+	},
+	{
+		.key = "policyd_timeout_ms", .kind = OPT_INT,
+		.offset = offsetof(struct policyd_config, timeout_ms),
+		.min = CONFIG_TIMEOUT_MS_MIN, .max = CONFIG_TIMEOUT_MS_MAX,
+	},
+};
+
+#define OPTION_COUNT (sizeof(option_specs) / sizeof(option_specs[0]))
+
+
+static void config_defaults(struct policyd_config *cfg)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->timeout_ms = CONFIG_TIMEOUT_MS_DEFAULT;
+}
+
+
+static const struct option_spec *option_find(const char *key)
+{
+	size_t i;
+
+	for(i = 0; i < OPTION_COUNT; i++){
+		if(strcmp(option_specs[i].key, key) == 0){
+			return &option_specs[i];
+		}
+	}
+	return NULL;
+}
+
+
+static void log_bad_value(const struct option_spec *spec, const char *value, const char *why)
+{
+	char shown[LOG_TOPIC_MAX];
+
+	if(spec->secret){
+		plog(MOSQ_LOG_ERR, "invalid auth_opt_%s (value not shown): %s", spec->key, why);
+	}else{
+		plog(MOSQ_LOG_ERR, "invalid auth_opt_%s '%s': %s", spec->key,
+				log_sanitize_str(shown, sizeof(shown), value), why);
+	}
+}
+
+
+static int parse_int(const struct option_spec *spec, const char *value, int *out)
+{
+	char *end = NULL;
+	long v;
+
+	if(value[0] < '0' || value[0] > '9'){
+		log_bad_value(spec, value, "expected a decimal integer");
+		return MOSQ_ERR_INVAL;
+	}
+	errno = 0;
+	v = strtol(value, &end, 10);
+	if(end == value || *end != '\0' || (errno != 0 && errno != ERANGE)){
+		log_bad_value(spec, value, "expected a decimal integer");
+		return MOSQ_ERR_INVAL;
+	}
+	if(errno == ERANGE || v < spec->min || v > spec->max || v > INT_MAX){
+		char why[64];
+
+		snprintf(why, sizeof(why), "must be between %ld and %ld", spec->min, spec->max);
+		log_bad_value(spec, value, why);
+		return MOSQ_ERR_INVAL;
+	}
+	*out = (int)v;
+	return MOSQ_ERR_SUCCESS;
+}
+
+
+static int parse_string(const struct option_spec *spec, const char *value, char **out)
+{
+	size_t len = strlen(value);
+	size_t i;
+
+	if(len == 0){
+		log_bad_value(spec, value, "must not be empty");
+		return MOSQ_ERR_INVAL;
+	}
+	if(len > CONFIG_STRING_MAX){
+		log_bad_value(spec, value, "too long");
+		return MOSQ_ERR_INVAL;
+	}
+	for(i = 0; i < len; i++){
+		if((unsigned char)value[i] < 0x20 || value[i] == 0x7f){
+			log_bad_value(spec, value, "contains control characters");
+			return MOSQ_ERR_INVAL;
+		}
+	}
+	*out = strdup(value);
+	if(*out == NULL){
+		plog(MOSQ_LOG_ERR, "out of memory while reading auth_opt_%s", spec->key);
+		return MOSQ_ERR_NOMEM;
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
+
+static int option_set(struct policyd_config *cfg, const struct option_spec *spec, const char *value)
+{
+	void *field = (char *)cfg + spec->offset;
+
+	switch(spec->kind){
+		case OPT_STRING:
+			return parse_string(spec, value, (char **)field);
+		case OPT_INT:
+			return parse_int(spec, value, (int *)field);
+	}
+	return MOSQ_ERR_INVAL;
+}
+
+
+static int config_apply(struct policyd_config *cfg, const struct mosquitto_opt *opt, bool *seen)
+{
+	const struct option_spec *spec;
+	char shown[LOG_IDENT_MAX];
+	size_t idx;
+
+	if(opt->key == NULL || strncmp(opt->key, CONFIG_KEY_PREFIX, strlen(CONFIG_KEY_PREFIX)) != 0){
+		return MOSQ_ERR_SUCCESS; /* belongs to someone else */
+	}
+	spec = option_find(opt->key);
+	if(spec == NULL){
+		plog(MOSQ_LOG_ERR, "unknown option auth_opt_%s",
+				log_sanitize_str(shown, sizeof(shown), opt->key));
+		return MOSQ_ERR_INVAL;
+	}
+	idx = (size_t)(spec - option_specs);
+	if(seen[idx]){
+		plog(MOSQ_LOG_ERR, "option auth_opt_%s given more than once", spec->key);
+		return MOSQ_ERR_INVAL;
+	}
+	seen[idx] = true;
+	if(opt->value == NULL){
+		plog(MOSQ_LOG_ERR, "option auth_opt_%s has no value", spec->key);
+		return MOSQ_ERR_INVAL;
+	}
+	return option_set(cfg, spec, opt->value);
+}
+
+
+static int config_check_required(const bool *seen)
+{
+	size_t i;
+	int rc = MOSQ_ERR_SUCCESS;
+
+	for(i = 0; i < OPTION_COUNT; i++){
+		if(option_specs[i].required && !seen[i]){
+			plog(MOSQ_LOG_ERR, "missing required option auth_opt_%s", option_specs[i].key);
+			rc = MOSQ_ERR_INVAL;
+		}
+	}
+	return rc;
+}
+
+
+int config_parse(struct policyd_config *cfg, const struct mosquitto_opt *opts, int opt_count)
+{
+	bool seen[OPTION_COUNT] = {false};
+	int i;
+	int rc = MOSQ_ERR_SUCCESS;
+
+	config_defaults(cfg);
+	if(opt_count > 0 && opts == NULL){
+		plog(MOSQ_LOG_ERR, "broker passed no option list");
+		return MOSQ_ERR_INVAL;
+	}
+	for(i = 0; i < opt_count && rc == MOSQ_ERR_SUCCESS; i++){
+		rc = config_apply(cfg, &opts[i], seen);
+	}
+	if(rc == MOSQ_ERR_SUCCESS){
+		rc = config_check_required(seen);
+	}
+	if(rc != MOSQ_ERR_SUCCESS){
+		config_free(cfg);
+	}
+	return rc;
+}
+
+
+void config_free(struct policyd_config *cfg)
+{
+	if(cfg == NULL){
+		return;
+	}
+	free(cfg->address);
+	config_defaults(cfg);
+}

@@ -1,0 +1,43 @@
+/*
+ * The plugin's one state struct. Allocated in mosquitto_plugin_init(),
+ * handed to the broker as userdata, freed in mosquitto_plugin_cleanup().
+ * Only touched from the broker's main thread.
+ */
+#ifndef POLICYD_PLUGIN_STATE_H
+#define POLICYD_PLUGIN_STATE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <mosquitto_broker.h>
+
+#include "config.h"
+#include "logging.h"
+#include "policy_client.h"
+
+struct policyd_counters {
+	uint64_t checks;                      /* ACL events seen */
+	uint64_t allowed;                     /* RESULT_ALLOW */
+	uint64_t denied;                      /* RESULT_DENY */
+	uint64_t rejected;                    /* denied locally: no client id/topic, unknown access */
+	uint64_t errors[POLICY_ERR__COUNT];   /* denied: no usable answer, by kind */
+};
+
+struct policyd_limiters {
+	struct log_limiter errors[POLICY_ERR__COUNT];
+	struct log_limiter denied;
+	struct log_limiter rejected;
+	struct log_limiter recovered;
+};
+
+struct policyd_plugin {
+	mosquitto_plugin_id_t *identifier;
+	struct policyd_config config;
+	struct policy_client *client;
+	bool acl_registered;
+	uint64_t failing_streak;              /* consecutive checks without an answer */
+	struct policyd_counters counters;
+	struct policyd_limiters limiters;
+};
+
+#endif

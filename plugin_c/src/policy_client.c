@@ -1,0 +1,719 @@
+/*
+ * gRPC C core client for policyd.v1.Policy/CheckAcl.
+ *
+ * One channel and one pluck completion queue per client; every check is a
+ * single batch (send metadata + message + close, receive metadata + message
+ * + status) on a fresh call, plucked with the call's deadline plus a small
+ * margin. Calls do not use wait-for-ready: while the channel is in
+ * TRANSIENT_FAILURE a call fails at once with UNAVAILABLE.
+ *
+ * gRPC C core (epoll1 poller) only does network I/O while some thread polls
+ * a completion queue. The broker's thread polls only during a check, so
+ * connecting and the HTTP/2 handshake would never finish between checks
+ * and, since calls fail fast, never at all. A small watcher thread therefore
+ * waits on the channel's connectivity state: it keeps I/O moving and asks
+ * an IDLE channel to (re)connect at once. It makes no broker calls.
+ */
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/slice.h>
+#include <grpc/status.h>
+#include <grpc/support/time.h>
+
+#include "policyd/v1/policy.pb-c.h"
+#include "policy_client.h"
+
+#define CHECK_ACL_METHOD "/policyd.v1.Policy/CheckAcl"
+#define USER_AGENT "mosquitto-policyd/0.1"
+
+/* Reconnect quickly after a daemon restart (library defaults: 1 s initial,
+ * 20 s minimum connect timeout, 120 s maximum backoff). */
+#define RECONNECT_INITIAL_MS 100
+#define RECONNECT_MIN_MS 100
+#define RECONNECT_MAX_MS 1000
+/* While checks keep failing with UNAVAILABLE, cut the reconnect backoff
+ * short at most this often so a restarted daemon is found within ~this. */
+#define BACKOFF_RESET_INTERVAL_MS 200
+/* A CheckAclResponse is a few dozen bytes; refuse anything absurd. */
+#define MAX_RESPONSE_BYTES (64 * 1024)
+/* Pluck waits this much past the call deadline before cancelling. */
+#define PLUCK_MARGIN_MS 50
+/* After a cancel, wait for the batch to be reaped at most this long
+ * (gRPC completes a cancelled batch promptly; this is a last resort). */
+#define REAP_WAIT_MS 1000
+#define CQ_SHUTDOWN_WAIT_MS 1000
+/* The watcher re-arms its connectivity watch at least this often. */
+#define WATCH_INTERVAL_MS 1000
+
+struct policy_client {
+	grpc_channel *channel;
+	grpc_completion_queue *cq;
+	grpc_slice method;
+	int timeout_ms;
+	uintptr_t next_tag;
+	gpr_timespec last_backoff_reset;
+	unsigned long abandoned;   /* batches that never completed (leaked) */
+
+	/* Watcher thread; `lock` orders its use of `channel` against
+	 * policy_client_destroy(). */
+	grpc_completion_queue *watch_cq;
+	pthread_t watcher;
+	bool watcher_running;
+	bool lock_ready;
+	bool stopping;             /* under lock */
+	pthread_mutex_t lock;
+};
+
+/* Everything a batch writes into lives here, on the heap: if a batch ever
+ * failed to complete, the context is leaked instead of freed under it. */
+struct call_ctx {
+	grpc_call *call;
+	void *tag;
+	grpc_byte_buffer *send_buf;
+	grpc_byte_buffer *recv_buf;
+	grpc_metadata_array initial_md;
+	grpc_metadata_array trailing_md;
+	grpc_status_code status;
+	grpc_slice details;
+};
+
+enum wait_result {
+	WAIT_DONE,        /* the batch completed */
+	WAIT_CANCELLED,   /* pluck timed out; cancelled and reaped */
+	WAIT_ABANDONED,   /* not even reaped after cancel; ctx must be leaked */
+};
+
+
+/* ---------------------------------------------------------------- helpers */
+
+const char *policy_error_name(enum policy_error error)
+{
+	switch(error){
+		case POLICY_ERR_NONE: return "none";
+		case POLICY_ERR_UNAVAILABLE: return "unavailable";
+		case POLICY_ERR_DEADLINE: return "deadline";
+		case POLICY_ERR_STATUS: return "status";
+		case POLICY_ERR_PROTOCOL: return "protocol";
+		case POLICY_ERR_INTERNAL: return "internal";
+		case POLICY_ERR__COUNT: break;
+	}
+	return "unknown";
+}
+
+
+static const char *status_name(grpc_status_code code)
+{
+	static const char *const names[] = {
+		"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
+		"NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
+		"FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED",
+		"INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
+	};
+
+	if((int)code >= 0 && (size_t)code < sizeof(names) / sizeof(names[0])){
+		return names[code];
+	}
+	return "UNRECOGNISED";
+}
+
+
+static gpr_timespec time_after_ms(gpr_timespec base, int64_t ms)
+{
+	return gpr_time_add(base, gpr_time_from_millis(ms, GPR_TIMESPAN));
+}
+
+
+static gpr_timespec now_after_ms(int64_t ms)
+{
+	return time_after_ms(gpr_now(GPR_CLOCK_MONOTONIC), ms);
+}
+
+
+static void copy_bytes(char *dst, size_t dstlen, const void *src, size_t srclen)
+{
+	if(srclen >= dstlen){
+		srclen = dstlen - 1;
+	}
+	if(srclen > 0){
+		memcpy(dst, src, srclen);
+	}
+	dst[srclen] = '\0';
+}
+
+
+static void result_init(struct policy_check_result *result)
+{
+	memset(result, 0, sizeof(*result));
+	result->outcome = POLICY_ERROR;
+	result->error = POLICY_ERR_INTERNAL;
+}
+
+
+static void result_error(struct policy_check_result *result, enum policy_error error,
+		int grpc_status, const char *detail)
+{
+	result->outcome = POLICY_ERROR;
+	result->error = error;
+	result->grpc_status = grpc_status;
+	result->generation = 0;
+	result->cache_ttl_ms = 0;
+	result->rule[0] = '\0';
+	copy_bytes(result->detail, sizeof(result->detail), detail, strlen(detail));
+}
+
+
+/* ---------------------------------------------------------------- channel */
+
+static grpc_arg int_arg(const char *key, int value)
+{
+	grpc_arg arg;
+
+	arg.type = GRPC_ARG_INTEGER;
+	arg.key = (char *)key;
+	arg.value.integer = value;
+	return arg;
+}
+
+
+static grpc_arg string_arg(const char *key, const char *value)
+{
+	grpc_arg arg;
+
+	arg.type = GRPC_ARG_STRING;
+	arg.key = (char *)key;
+	arg.value.string = (char *)value;
+	return arg;
+}
+
+
+static grpc_channel *channel_create(const char *target)
+{
+	grpc_channel_credentials *creds;
+	grpc_channel *channel;
+	grpc_arg args[] = {
+		int_arg(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, RECONNECT_INITIAL_MS),
+		int_arg(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, RECONNECT_MIN_MS),
+		int_arg(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, RECONNECT_MAX_MS),
+		/* Fail fast: no transparent or configured retries, no service
+		 * config from DNS that could turn them back on. */
+		int_arg(GRPC_ARG_ENABLE_RETRIES, 0),
+		int_arg(GRPC_ARG_SERVICE_CONFIG_DISABLE_RESOLUTION, 1),
+		/* Keep the connection through quiet periods (default: drop it
+		 * after 30 min idle, then pay a reconnect on the next check). */
+		int_arg(GRPC_ARG_CLIENT_IDLE_TIMEOUT_MS, INT_MAX),
+		/* http_proxy/https_proxy in the broker's environment must not
+		 * reroute ACL traffic. */
+		int_arg(GRPC_ARG_ENABLE_HTTP_PROXY, 0),
+		/* Our own subchannel, not shared with another plugin instance. */
+		int_arg(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1),
+		int_arg(GRPC_ARG_DNS_MIN_TIME_BETWEEN_RESOLUTIONS_MS, 1000),
+		int_arg(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, MAX_RESPONSE_BYTES),
+		int_arg(GRPC_ARG_ENABLE_CHANNELZ, 0),
+		string_arg(GRPC_ARG_PRIMARY_USER_AGENT_STRING, USER_AGENT),
+	};
+	grpc_channel_args channel_args = {
+		.num_args = sizeof(args) / sizeof(args[0]),
+		.args = args,
+	};
+
+	creds = grpc_insecure_credentials_create();
+	if(creds == NULL){
+		return NULL;
+	}
+	channel = grpc_channel_create(target, creds, &channel_args);
+	grpc_channel_credentials_release(creds);
+	return channel;
+}
+
+
+static void cq_destroy(grpc_completion_queue *cq, grpc_cq_completion_type type)
+{
+	gpr_timespec wait;
+	grpc_event ev;
+	int i;
+
+	grpc_completion_queue_shutdown(cq);
+	for(i = 0; i < 3; i++){
+		wait = now_after_ms(CQ_SHUTDOWN_WAIT_MS);
+		if(type == GRPC_CQ_PLUCK){
+			ev = grpc_completion_queue_pluck(cq, cq, wait, NULL);
+		}else{
+			ev = grpc_completion_queue_next(cq, wait, NULL);
+		}
+		if(ev.type == GRPC_QUEUE_SHUTDOWN){
+			grpc_completion_queue_destroy(cq);
+			return;
+		}
+	}
+	/* Never drained (cannot happen without a stuck call): destroying it
+	 * would trip an assertion in gRPC, so leave it. */
+}
+
+
+/* ---------------------------------------------------------------- watcher */
+
+/* Arms one connectivity watch; false once the client is being destroyed. */
+static bool watcher_arm(struct policy_client *client)
+{
+	grpc_connectivity_state state;
+	bool armed = false;
+
+	pthread_mutex_lock(&client->lock);
+	if(!client->stopping){
+		/* try_to_connect=1: leave IDLE (start, or the daemon closed the
+		 * connection) without waiting for the next check. */
+		state = grpc_channel_check_connectivity_state(client->channel, 1);
+		if(state != GRPC_CHANNEL_SHUTDOWN){
+			grpc_channel_watch_connectivity_state(client->channel, state,
+					now_after_ms(WATCH_INTERVAL_MS), client->watch_cq, client);
+			armed = true;
+		}
+	}
+	pthread_mutex_unlock(&client->lock);
+	return armed;
+}
+
+
+static void *watcher_main(void *arg)
+{
+	struct policy_client *client = arg;
+	grpc_event ev;
+
+	while(watcher_arm(client)){
+		/* Polling here is what drives the channel's I/O. */
+		ev = grpc_completion_queue_next(client->watch_cq,
+				gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+		if(ev.type != GRPC_OP_COMPLETE){
+			break;
+		}
+	}
+	return NULL;
+}
+
+
+/* Threads started from here (ours and those grpc_init() starts) must not
+ * take the broker's signals (SIGTERM, SIGHUP, ...). */
+static void signals_block_all(sigset_t *saved)
+{
+	sigset_t all;
+
+	sigfillset(&all);
+	sigdelset(&all, SIGSEGV);
+	sigdelset(&all, SIGBUS);
+	sigdelset(&all, SIGFPE);
+	sigdelset(&all, SIGILL);
+	pthread_sigmask(SIG_BLOCK, &all, saved);
+}
+
+
+static const char *watcher_start(struct policy_client *client)
+{
+	if(pthread_mutex_init(&client->lock, NULL) != 0){
+		return "cannot create a mutex";
+	}
+	client->lock_ready = true;
+	client->watch_cq = grpc_completion_queue_create_for_next(NULL);
+	if(client->watch_cq == NULL){
+		return "cannot create gRPC completion queue";
+	}
+	if(pthread_create(&client->watcher, NULL, watcher_main, client) != 0){
+		return "cannot start the connection watcher thread";
+	}
+	client->watcher_running = true;
+	return NULL;
+}
+
+
+static void channel_stop(struct policy_client *client)
+{
+	if(client->watcher_running){
+		pthread_mutex_lock(&client->lock);
+		client->stopping = true;
+		/* Destroying the channel moves it to SHUTDOWN, which completes
+		 * the watcher's pending watch. */
+		grpc_channel_destroy(client->channel);
+		client->channel = NULL;
+		pthread_mutex_unlock(&client->lock);
+		pthread_join(client->watcher, NULL);
+		client->watcher_running = false;
+	}else if(client->channel){
+		grpc_channel_destroy(client->channel);
+		client->channel = NULL;
+	}
+	if(client->watch_cq){
+		cq_destroy(client->watch_cq, GRPC_CQ_NEXT);
+		client->watch_cq = NULL;
+	}
+	if(client->lock_ready){
+		pthread_mutex_destroy(&client->lock);
+		client->lock_ready = false;
+	}
+}
+
+
+/* ------------------------------------------------------------- lifecycle */
+
+static const char *client_start(struct policy_client *client, const char *target)
+{
+	client->cq = grpc_completion_queue_create_for_pluck(NULL);
+	if(client->cq == NULL){
+		return "cannot create gRPC completion queue";
+	}
+	client->channel = channel_create(target);
+	if(client->channel == NULL){
+		return "cannot create gRPC channel";
+	}
+	return watcher_start(client);
+}
+
+
+struct policy_client *policy_client_create(const struct policy_client_options *opts, const char **errmsg)
+{
+	struct policy_client *client;
+	const char *ignored;
+	const char *err;
+	sigset_t saved;
+
+	if(errmsg == NULL){
+		errmsg = &ignored;
+	}
+	if(opts == NULL || opts->target == NULL || opts->target[0] == '\0' || opts->timeout_ms <= 0){
+		*errmsg = "invalid client options";
+		return NULL;
+	}
+	client = calloc(1, sizeof(*client));
+	if(client == NULL){
+		*errmsg = "out of memory";
+		return NULL;
+	}
+	client->timeout_ms = opts->timeout_ms;
+	client->next_tag = 1;
+	client->last_backoff_reset = gpr_inf_past(GPR_CLOCK_MONOTONIC);
+	client->method = grpc_slice_from_static_string(CHECK_ACL_METHOD);
+
+	signals_block_all(&saved);
+	grpc_init();
+	err = client_start(client, opts->target);
+	pthread_sigmask(SIG_SETMASK, &saved, NULL);
+	if(err != NULL){
+		*errmsg = err;
+		policy_client_destroy(client);
+		return NULL;
+	}
+	return client;
+}
+
+
+void policy_client_destroy(struct policy_client *client)
+{
+	if(client == NULL){
+		return;
+	}
+	channel_stop(client);
+	if(client->abandoned == 0){
+		if(client->cq){
+			cq_destroy(client->cq, GRPC_CQ_PLUCK);
+		}
+		grpc_shutdown();
+	}
+	/* else: a batch is still owned by gRPC; keep the queue and the library
+	 * alive rather than risk an abort in the broker. */
+	grpc_slice_unref(client->method);
+	free(client);
+}
+
+
+/* ------------------------------------------------------------------- call */
+
+static struct call_ctx *call_ctx_new(void)
+{
+	struct call_ctx *ctx = calloc(1, sizeof(*ctx));
+
+	if(ctx == NULL){
+		return NULL;
+	}
+	grpc_metadata_array_init(&ctx->initial_md);
+	grpc_metadata_array_init(&ctx->trailing_md);
+	ctx->details = grpc_empty_slice();
+	ctx->status = GRPC_STATUS_UNKNOWN;
+	return ctx;
+}
+
+
+static void call_ctx_free(struct call_ctx *ctx)
+{
+	if(ctx->call){
+		grpc_call_unref(ctx->call);
+	}
+	if(ctx->send_buf){
+		grpc_byte_buffer_destroy(ctx->send_buf);
+	}
+	if(ctx->recv_buf){
+		grpc_byte_buffer_destroy(ctx->recv_buf);
+	}
+	grpc_metadata_array_destroy(&ctx->initial_md);
+	grpc_metadata_array_destroy(&ctx->trailing_md);
+	grpc_slice_unref(ctx->details);
+	free(ctx);
+}
+
+
+static grpc_byte_buffer *encode_request(const struct policy_check_request *req)
+{
+	Policyd__V1__CheckAclRequest msg = POLICYD__V1__CHECK_ACL_REQUEST__INIT;
+	grpc_byte_buffer *buf;
+	grpc_slice slice;
+	size_t len;
+
+	msg.has_username = req->username != NULL;
+	if(req->username){
+		msg.username.data = (uint8_t *)req->username;
+		msg.username.len = req->username_len;
+	}
+	msg.client_id.data = (uint8_t *)req->client_id;
+	msg.client_id.len = req->client_id ? req->client_id_len : 0;
+	msg.topic.data = (uint8_t *)req->topic;
+	msg.topic.len = req->topic ? req->topic_len : 0;
+	msg.access = (Policyd__V1__Access)req->access;
+
+	len = policyd__v1__check_acl_request__get_packed_size(&msg);
+	slice = grpc_slice_malloc(len);
+	if(policyd__v1__check_acl_request__pack(&msg, GRPC_SLICE_START_PTR(slice)) != len){
+		grpc_slice_unref(slice);
+		return NULL;
+	}
+	buf = grpc_raw_byte_buffer_create(&slice, 1); /* takes its own ref */
+	grpc_slice_unref(slice);
+	return buf;
+}
+
+
+static grpc_call_error call_start(struct call_ctx *ctx)
+{
+	grpc_op ops[6];
+
+	memset(ops, 0, sizeof(ops));
+	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+	ops[0].data.send_initial_metadata.count = 0;
+	ops[1].op = GRPC_OP_SEND_MESSAGE;
+	ops[1].data.send_message.send_message = ctx->send_buf;
+	ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+	ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+	ops[3].data.recv_initial_metadata.recv_initial_metadata = &ctx->initial_md;
+	ops[4].op = GRPC_OP_RECV_MESSAGE;
+	ops[4].data.recv_message.recv_message = &ctx->recv_buf;
+	ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+	ops[5].data.recv_status_on_client.trailing_metadata = &ctx->trailing_md;
+	ops[5].data.recv_status_on_client.status = &ctx->status;
+	ops[5].data.recv_status_on_client.status_details = &ctx->details;
+
+	return grpc_call_start_batch(ctx->call, ops, sizeof(ops) / sizeof(ops[0]), ctx->tag, NULL);
+}
+
+
+static enum wait_result call_wait(struct policy_client *client, struct call_ctx *ctx,
+		gpr_timespec deadline, int *success)
+{
+	grpc_event ev;
+
+	ev = grpc_completion_queue_pluck(client->cq, ctx->tag,
+			time_after_ms(deadline, PLUCK_MARGIN_MS), NULL);
+	if(ev.type == GRPC_OP_COMPLETE){
+		*success = ev.success;
+		return WAIT_DONE;
+	}
+	/* gRPC did not end the call by its own deadline: cancel, then reap the
+	 * batch so nothing it references is freed while still in use. */
+	(void)grpc_call_cancel(ctx->call, NULL);
+	ev = grpc_completion_queue_pluck(client->cq, ctx->tag, now_after_ms(REAP_WAIT_MS), NULL);
+	if(ev.type == GRPC_OP_COMPLETE){
+		return WAIT_CANCELLED;
+	}
+	return WAIT_ABANDONED;
+}
+
+
+/* ------------------------------------------------------------- response */
+
+static void apply_response(const Policyd__V1__CheckAclResponse *resp, struct policy_check_result *result)
+{
+	char detail[48];
+
+	switch(resp->result){
+		case POLICYD__V1__RESULT__RESULT_ALLOW:
+			result->outcome = POLICY_ALLOW;
+			break;
+		case POLICYD__V1__RESULT__RESULT_DENY:
+			result->outcome = POLICY_DENY;
+			break;
+		default:
+			snprintf(detail, sizeof(detail), "unexpected result value %d", (int)resp->result);
+			result_error(result, POLICY_ERR_PROTOCOL, GRPC_STATUS_OK, detail);
+			return;
+	}
+	result->error = POLICY_ERR_NONE;
+	result->grpc_status = GRPC_STATUS_OK;
+	result->generation = resp->generation;
+	result->cache_ttl_ms = resp->cache_ttl_ms;
+	if(resp->rule){
+		copy_bytes(result->rule, sizeof(result->rule), resp->rule, strlen(resp->rule));
+	}
+}
+
+
+static void decode_response(grpc_byte_buffer *buf, struct policy_check_result *result)
+{
+	Policyd__V1__CheckAclResponse *resp;
+	grpc_byte_buffer_reader reader;
+	grpc_slice flat;
+
+	/* The reader decompresses a compressed buffer if need be. */
+	if(!grpc_byte_buffer_reader_init(&reader, buf)){
+		result_error(result, POLICY_ERR_PROTOCOL, GRPC_STATUS_OK, "cannot read response message");
+		return;
+	}
+	flat = grpc_byte_buffer_reader_readall(&reader);
+	grpc_byte_buffer_reader_destroy(&reader);
+
+	resp = policyd__v1__check_acl_response__unpack(NULL,
+			GRPC_SLICE_LENGTH(flat), GRPC_SLICE_START_PTR(flat));
+	grpc_slice_unref(flat);
+	if(resp == NULL){
+		result_error(result, POLICY_ERR_PROTOCOL, GRPC_STATUS_OK, "cannot decode CheckAclResponse");
+		return;
+	}
+	apply_response(resp, result);
+	policyd__v1__check_acl_response__free_unpacked(resp, NULL);
+}
+
+
+static void status_error(const struct call_ctx *ctx, struct policy_check_result *result)
+{
+	enum policy_error error;
+	char text[POLICY_DETAIL_MAX];
+	char detail[POLICY_DETAIL_MAX + 32];
+
+	switch(ctx->status){
+		case GRPC_STATUS_UNAVAILABLE:
+			error = POLICY_ERR_UNAVAILABLE;
+			break;
+		case GRPC_STATUS_DEADLINE_EXCEEDED:
+			error = POLICY_ERR_DEADLINE;
+			break;
+		default:
+			error = POLICY_ERR_STATUS;
+			break;
+	}
+	copy_bytes(text, sizeof(text), GRPC_SLICE_START_PTR(ctx->details), GRPC_SLICE_LENGTH(ctx->details));
+	snprintf(detail, sizeof(detail), "%s%s%s", status_name(ctx->status), text[0] ? ": " : "", text);
+	result_error(result, error, (int)ctx->status, detail);
+}
+
+
+static void call_interpret(const struct call_ctx *ctx, int success, struct policy_check_result *result)
+{
+	if(ctx->status != GRPC_STATUS_OK){
+		status_error(ctx, result);
+	}else if(!success){
+		result_error(result, POLICY_ERR_INTERNAL, GRPC_STATUS_OK, "gRPC batch failed");
+	}else if(ctx->recv_buf == NULL){
+		result_error(result, POLICY_ERR_PROTOCOL, GRPC_STATUS_OK, "OK status without a response message");
+	}else{
+		decode_response(ctx->recv_buf, result);
+	}
+}
+
+
+static void maybe_reset_backoff(struct policy_client *client, const struct policy_check_result *result)
+{
+	gpr_timespec now;
+
+	if(result->outcome != POLICY_ERROR || result->error != POLICY_ERR_UNAVAILABLE){
+		return;
+	}
+	now = gpr_now(GPR_CLOCK_MONOTONIC);
+	if(gpr_time_cmp(now, time_after_ms(client->last_backoff_reset, BACKOFF_RESET_INTERVAL_MS)) < 0){
+		return;
+	}
+	client->last_backoff_reset = now;
+	grpc_channel_reset_connect_backoff(client->channel);
+}
+
+
+static void *call_tag(struct policy_client *client)
+{
+	/* Tags are opaque to gRPC; a fresh one per call means a stale event
+	 * can never be mistaken for the current call's. */
+	client->next_tag += 2;
+	if(client->next_tag == 0){
+		client->next_tag = 1;
+	}
+	return (void *)client->next_tag;
+}
+
+
+void policy_client_check(struct policy_client *client,
+		const struct policy_check_request *request,
+		struct policy_check_result *result)
+{
+	struct call_ctx *ctx;
+	gpr_timespec deadline;
+	int success = 0;
+
+	result_init(result);
+	if(client == NULL || request == NULL){
+		result_error(result, POLICY_ERR_INTERNAL, 0, "no client");
+		return;
+	}
+	ctx = call_ctx_new();
+	if(ctx == NULL){
+		result_error(result, POLICY_ERR_INTERNAL, 0, "out of memory");
+		return;
+	}
+	ctx->send_buf = encode_request(request);
+	if(ctx->send_buf == NULL){
+		result_error(result, POLICY_ERR_INTERNAL, 0, "cannot encode CheckAclRequest");
+		call_ctx_free(ctx);
+		return;
+	}
+	deadline = now_after_ms(client->timeout_ms);
+	ctx->call = grpc_channel_create_call(client->channel, NULL, GRPC_PROPAGATE_DEFAULTS,
+			client->cq, client->method, NULL, deadline, NULL);
+	if(ctx->call == NULL){
+		result_error(result, POLICY_ERR_INTERNAL, 0, "cannot create gRPC call");
+		call_ctx_free(ctx);
+		return;
+	}
+	ctx->tag = call_tag(client);
+	if(call_start(ctx) != GRPC_CALL_OK){
+		result_error(result, POLICY_ERR_INTERNAL, 0, "cannot start gRPC call");
+		call_ctx_free(ctx);
+		return;
+	}
+	switch(call_wait(client, ctx, deadline, &success)){
+		case WAIT_DONE:
+			call_interpret(ctx, success, result);
+			break;
+		case WAIT_CANCELLED:
+			result_error(result, POLICY_ERR_DEADLINE, GRPC_STATUS_DEADLINE_EXCEEDED,
+					"no completion by the deadline; call cancelled");
+			break;
+		case WAIT_ABANDONED:
+			result_error(result, POLICY_ERR_INTERNAL, GRPC_STATUS_DEADLINE_EXCEEDED,
+					"call did not complete after cancel; abandoned");
+			client->abandoned++;
+			return; /* ctx deliberately leaked: gRPC may still write into it */
+	}
+	maybe_reset_backoff(client, result);
+	call_ctx_free(ctx);
+}

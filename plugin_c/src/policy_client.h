@@ -1,0 +1,84 @@
+/*
+ * Synchronous gRPC client for policyd.v1.Policy/CheckAcl (gRPC C core).
+ *
+ * Knows nothing about Mosquitto: no broker calls, no logging. Not thread
+ * safe: one client is used from one thread (the broker's main thread).
+ */
+#ifndef POLICYD_POLICY_CLIENT_H
+#define POLICYD_POLICY_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Values of policyd.v1.Access (identical to Mosquitto's MOSQ_ACL_*). */
+enum policy_access {
+	POLICY_ACCESS_READ = 1,
+	POLICY_ACCESS_WRITE = 2,
+	POLICY_ACCESS_SUBSCRIBE = 4,
+	POLICY_ACCESS_UNSUBSCRIBE = 8,
+};
+
+enum policy_outcome {
+	POLICY_ALLOW = 1,
+	POLICY_DENY = 2,    /* the daemon answered RESULT_DENY */
+	POLICY_ERROR = 3,   /* no usable answer; see policy_error */
+};
+
+enum policy_error {
+	POLICY_ERR_NONE = 0,
+	POLICY_ERR_UNAVAILABLE,  /* daemon not reachable (gRPC UNAVAILABLE) */
+	POLICY_ERR_DEADLINE,     /* no answer within timeout_ms */
+	POLICY_ERR_STATUS,       /* any other non-OK gRPC status */
+	POLICY_ERR_PROTOCOL,     /* OK status but missing/undecodable message or unknown result */
+	POLICY_ERR_INTERNAL,     /* local failure: allocation, encoding, call setup */
+	POLICY_ERR__COUNT
+};
+
+struct policy_client_options {
+	const char *target;      /* gRPC target, e.g. "unix:/run/policyd/policyd.sock" */
+	int timeout_ms;          /* deadline of each call, > 0 */
+};
+
+struct policy_check_request {
+	const char *username;    /* NULL: anonymous client (has_username = false) */
+	size_t username_len;
+	const char *client_id;
+	size_t client_id_len;
+	const char *topic;
+	size_t topic_len;
+	enum policy_access access;
+};
+
+#define POLICY_RULE_MAX 128
+#define POLICY_DETAIL_MAX 160
+
+struct policy_check_result {
+	enum policy_outcome outcome;
+	enum policy_error error;          /* POLICY_ERR_NONE unless outcome == POLICY_ERROR */
+	int grpc_status;                  /* grpc_status_code of the call (0 = OK) */
+	uint64_t generation;              /* from the response; 0 on error */
+	uint32_t cache_ttl_ms;            /* from the response; 0 on error */
+	char rule[POLICY_RULE_MAX];       /* deciding rule, NUL-terminated, may be truncated; untrusted text */
+	char detail[POLICY_DETAIL_MAX];   /* on error: what went wrong; untrusted text (may come from the daemon) */
+};
+
+struct policy_client;
+
+/* Calls grpc_init(), creates the channel and the completion queue and starts
+ * connecting (without waiting). Returns NULL on failure and, if errmsg is not
+ * NULL, sets it to a static description. */
+struct policy_client *policy_client_create(const struct policy_client_options *opts, const char **errmsg);
+
+/* Releases everything and calls grpc_shutdown(). NULL is allowed. */
+void policy_client_destroy(struct policy_client *client);
+
+/* One unary CheckAcl call, bounded by timeout_ms (plus a small margin).
+ * Always fills *result; anything but POLICY_ALLOW must be treated as deny. */
+void policy_client_check(struct policy_client *client,
+		const struct policy_check_request *request,
+		struct policy_check_result *result);
+
+/* Short stable names ("unavailable", "deadline", ...) for logs and stats. */
+const char *policy_error_name(enum policy_error error);
+
+#endif
