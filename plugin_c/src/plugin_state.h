@@ -36,6 +36,10 @@ struct policyd_plugin {
 	struct policy_client *client;
 	bool acl_registered;
 	uint64_t failing_streak;              /* consecutive checks without an answer */
+	/* Newest policy generation known to the shim. Written by whichever thread
+	 * learns it (a CheckAcl answer on the main thread, the Watch stream on its
+	 * own thread); cached decisions of an older generation are not served. */
+	_Atomic uint64_t generation;
 	struct policyd_counters counters;
 	struct policyd_limiters limiters;
 };
