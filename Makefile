@@ -9,7 +9,7 @@ PY_GEN      := policyd/v1/policy_pb2.py policyd/v1/policy_pb2_grpc.py
 PLUGIN      := plugin_c/build/mosquitto_policyd.so
 PYTEST_ARGS ?=
 
-.PHONY: all deps system-deps venv proto plugin build test test-unit test-e2e demo bench clean help
+.PHONY: all deps system-deps venv proto plugin build test test-unit test-e2e demo bench clean help test-asan valgrind install install-daemon
 
 all: build
 
@@ -18,6 +18,9 @@ help:
 	@echo "make test    build and run every test (unit, engine properties, end-to-end)"
 	@echo "make build   generate stubs from proto/ and build the plugin"
 	@echo "make bench   run the benchmarks in bench/ (figures go to docs/benchmarks.md)"
+	@echo "make test-asan  the in-process shim tests against the plugin built with ASan + UBSan"
+	@echo "make valgrind   the real broker with the plugin under valgrind memcheck"
+	@echo "make install the plugin, systemd units and example config (DESTDIR, PLUGIN_DIR; docs/operations.md)"
 
 deps: system-deps venv
 
@@ -59,6 +62,50 @@ demo: build
 
 bench: build
 	$(VPY) bench/broker_throughput.py
+
+# The in-process shim tests (cffi + stub broker, real policyd) against the plugin built with
+# ASan + UBSan. libasan must be the first library of the process, hence LD_PRELOAD (the test
+# conftest keeps it away from the daemon and compilers it starts). Python itself is not
+# leak-clean, so leak detection is off; memory errors and undefined behaviour abort.
+ASAN_PLUGIN := plugin_c/build/asan/mosquitto_policyd.so
+
+test-asan: proto
+	$(MAKE) -C plugin_c SANITIZE=1
+	LD_PRELOAD=$$($(CC) -print-file-name=libasan.so) \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	POLICYD_PLUGIN=$(ASAN_PLUGIN) $(VPY) -m pytest -p no:cacheprovider tests/shim $(PYTEST_ARGS)
+
+# The real broker with the plugin under valgrind memcheck, with a few real clients.
+valgrind: build
+	$(VPY) tests/shim/valgrind_broker.py
+
+# Installation (docs/operations.md). Debian keeps Mosquitto plugins in the multiarch
+# library directory, next to mosquitto_dynamic_security.so.
+DESTDIR     ?=
+PLUGIN_DIR  ?= /usr/lib/$(shell gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
+UNIT_DIR    ?= /etc/systemd/system
+SYSUSERS_DIR ?= /usr/lib/sysusers.d
+POLICYD_CONF ?= /etc/policyd
+DOC_DIR     ?= /usr/share/doc/mosquitto-policyd
+POLICYD_VENV ?= /opt/policyd
+
+install: $(PLUGIN)
+	install -D -m 0644 $(PLUGIN) $(DESTDIR)$(PLUGIN_DIR)/mosquitto_policyd.so
+	install -D -m 0644 examples/systemd/policyd.service $(DESTDIR)$(UNIT_DIR)/policyd.service
+	install -D -m 0644 examples/systemd/mosquitto.service.d/policyd.conf $(DESTDIR)$(UNIT_DIR)/mosquitto.service.d/policyd.conf
+	install -D -m 0644 examples/systemd/policyd.sysusers.conf $(DESTDIR)$(SYSUSERS_DIR)/policyd.conf
+	install -d -m 0755 $(DESTDIR)$(POLICYD_CONF)
+	@# Never overwrite the operator's rules on upgrade.
+	test -e $(DESTDIR)$(POLICYD_CONF)/rules.yaml || install -m 0644 examples/rules.yaml $(DESTDIR)$(POLICYD_CONF)/rules.yaml
+	install -D -m 0644 examples/mosquitto.conf $(DESTDIR)$(DOC_DIR)/examples/mosquitto.conf
+	install -D -m 0644 examples/rules.yaml $(DESTDIR)$(DOC_DIR)/examples/rules.yaml
+	install -D -m 0644 docs/operations.md $(DESTDIR)$(DOC_DIR)/operations.md
+	install -D -m 0644 -t $(DESTDIR)$(DOC_DIR)/examples/prometheus examples/prometheus/*
+
+# The daemon in its own venv (ExecStart of policyd.service): pip install . builds the stubs.
+install-daemon:
+	$(PYTHON) -m venv $(POLICYD_VENV)
+	$(POLICYD_VENV)/bin/pip install --quiet --upgrade .
 
 clean:
 	$(MAKE) -C plugin_c clean

@@ -594,21 +594,8 @@ def issue_server(
     _check_key_type(key_type)
     _check_name(name)
     san_entries = _san_entries(sans, cn)
-    who = _resolve_owner(owner)
-    out_dir = _prepare_dir(out_dir)
-    ca_dir = Path(ca_dir) if ca_dir is not None else out_dir
-    _check_reserved(name, out_dir, ca_dir)
-    cert_path, key_path = out_dir / f"{name}.pem", out_dir / f"{name}.key"
-    _check_not_existing([cert_path, key_path], force)
-    ca = _load_ca(ca_dir)
-
-    key = _generate_key(key_type)
-    ku = _ku(digital_signature=True, key_encipherment=isinstance(key, rsa.RSAPrivateKey))
-    cert = _build_leaf(
-        ca=ca, key=key, cn=cn, days=days, eku=ExtendedKeyUsageOID.SERVER_AUTH, ku=ku,
-        sans=san_entries,
-    )
-    return _write_pair(cert, key, cert_path, key_path, force=force, owner=who)
+    return _issue_leaf(out_dir, ca_dir, name=name, owner=owner, force=force, key_type=key_type,
+                       cn=cn, days=days, eku=ExtendedKeyUsageOID.SERVER_AUTH, sans=san_entries)
 
 
 def issue_client(
@@ -647,6 +634,14 @@ def issue_client(
         name = cn
     else:
         _check_name(name)
+    return _issue_leaf(out_dir, ca_dir, name=name, owner=owner, force=force, key_type=key_type,
+                       cn=cn, days=days, eku=ExtendedKeyUsageOID.CLIENT_AUTH, sans=None)
+
+
+def _issue_leaf(out_dir, ca_dir, *, name: str, owner: str | None, force: bool, key_type: str,
+                cn: str, days: int, eku: x509.ObjectIdentifier,
+                sans: list[x509.GeneralName] | None) -> IssuedPair:
+    """Checks that need the file system, then key, certificate and files."""
     who = _resolve_owner(owner)
     out_dir = _prepare_dir(out_dir)
     ca_dir = Path(ca_dir) if ca_dir is not None else out_dir
@@ -656,10 +651,10 @@ def issue_client(
     ca = _load_ca(ca_dir)
 
     key = _generate_key(key_type)
-    cert = _build_leaf(
-        ca=ca, key=key, cn=cn, days=days, eku=ExtendedKeyUsageOID.CLIENT_AUTH,
-        ku=_ku(digital_signature=True), sans=None,
-    )
+    # keyEncipherment only for RSA: RFC 5480 forbids it on EC keys.
+    is_server = eku == ExtendedKeyUsageOID.SERVER_AUTH
+    ku = _ku(digital_signature=True, key_encipherment=is_server and isinstance(key, rsa.RSAPrivateKey))
+    cert = _build_leaf(ca=ca, key=key, cn=cn, days=days, eku=eku, ku=ku, sans=sans)
     return _write_pair(cert, key, cert_path, key_path, force=force, owner=who)
 
 

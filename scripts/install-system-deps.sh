@@ -8,6 +8,8 @@ PACKAGES=(
   libgrpc-dev libprotobuf-c-dev protobuf-c-compiler            # gRPC C core and protobuf-c for the shim
   libssl-dev pkg-config gcc make openssl                       # toolchain, TLS
   python3 python3-venv python3-dev                             # the daemon's virtualenv
+  valgrind                                                     # `make valgrind` (memcheck of broker + plugin)
+  systemd                                                      # systemd-analyze verify for the example units' test
 )
 
 missing=()

@@ -1,4 +1,10 @@
+/*
+ * The ACL check: cache first, then (breaker permitting) the daemon, and on
+ * any failure deny, or with on_error stale an expired cached answer of the
+ * policy generation in force. Runs on the broker's main thread only.
+ */
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
@@ -9,12 +15,18 @@
 
 #include "acl.h"
 #include "plugin_state.h"
+#include "topic_match.h"
 
 /* Lines per LOG_LIMIT_WINDOW_MS. */
 #define ERROR_LOG_BURST 1
 #define DENIED_LOG_BURST 20
 #define REJECTED_LOG_BURST 1
 #define RECOVERED_LOG_BURST 1
+#define STALE_LOG_BURST 1
+#define BREAKER_LOG_BURST 2
+/* Cached answers expire up to this fraction (1/N) early, so entries stored
+ * together do not all expire, and go back to the daemon, together. */
+#define TTL_JITTER_DIVISOR 10
 
 /* The request as the broker gave it, plus log-safe renderings made only
  * when a line is actually logged. */
@@ -37,6 +49,8 @@ void acl_limiters_init(struct policyd_plugin *plugin)
 	log_limiter_init(&plugin->limiters.denied, DENIED_LOG_BURST);
 	log_limiter_init(&plugin->limiters.rejected, REJECTED_LOG_BURST);
 	log_limiter_init(&plugin->limiters.recovered, RECOVERED_LOG_BURST);
+	log_limiter_init(&plugin->limiters.stale, STALE_LOG_BURST);
+	log_limiter_init(&plugin->limiters.breaker, BREAKER_LOG_BURST);
 }
 
 
@@ -181,13 +195,204 @@ static int on_denied(struct policyd_plugin *plugin, struct acl_subject *s,
 }
 
 
+/* ------------------------------------------------------------ caching */
+
+static void subject_identity(const struct acl_subject *s, struct cache_identity *id)
+{
+	id->username = s->request.username;
+	id->username_len = s->request.username_len;
+	id->client_id = s->request.client_id;
+	id->client_id_len = s->request.client_id_len;
+}
+
+
+/* The generation in force, after taking `seen` into account (it only ever
+ * grows, whichever thread learns of a newer one first); entries of any
+ * other generation are dropped from the cache when it changes. */
+static uint64_t generation_sync(struct policyd_plugin *plugin, uint64_t seen)
+{
+	uint64_t cur = atomic_load(&plugin->generation);
+
+	while(seen > cur && !atomic_compare_exchange_weak(&plugin->generation, &cur, seen)){
+		/* cur reloaded by the failed exchange */
+	}
+	if(seen > cur){
+		cur = seen;
+	}
+	if(cur != plugin->cache_generation){
+		cache_flush_generation(plugin->cache, cur);
+		plugin->cache_generation = cur;
+	}
+	return cur;
+}
+
+
+static int64_t jittered_ttl_ms(int64_t ttl_ms)
+{
+	static uint64_t state = 0x9e3779b97f4a7c15ULL;
+
+	state ^= state << 13;
+	state ^= state >> 7;
+	state ^= state << 17;
+	return ttl_ms - (int64_t)(state % (uint64_t)(ttl_ms / TTL_JITTER_DIVISOR + 1));
+}
+
+
+static void remember_answer(struct policyd_plugin *plugin, const struct acl_subject *s,
+		const struct policy_check_result *res, int64_t now_ms)
+{
+	struct cache_answer answer = {.allow = res->outcome == POLICY_ALLOW, .generation = res->generation};
+	struct cache_identity id;
+	int64_t ttl_ms = res->cache_ttl_ms;
+	int64_t cap_ms = (int64_t)plugin->config.cache_ttl_s * 1000;
+	uint64_t current = generation_sync(plugin, res->generation);
+
+	if(ttl_ms > cap_ms){
+		ttl_ms = cap_ms;
+	}
+	/* An answer of an older policy than one already known is not kept. */
+	if(ttl_ms <= 0 || res->generation != current || plugin->cache == NULL){
+		return;
+	}
+	subject_identity(s, &id);
+	/* A scope must at least contain the asked topic; anything else is a
+	 * daemon bug, and the answer is then kept for this topic only. */
+	if(res->cache_scope_len > 0 && s->request.access != POLICY_ACCESS_SUBSCRIBE
+			&& topic_filter_matches(res->cache_scope, res->cache_scope_len,
+				s->request.topic, s->request.topic_len)){
+		cache_store(plugin->cache, &id, s->mosq_access, s->request.topic, s->request.topic_len,
+				res->cache_scope, res->cache_scope_len, &answer, now_ms + jittered_ttl_ms(ttl_ms));
+		return;
+	}
+	cache_store(plugin->cache, &id, s->mosq_access, s->request.topic, s->request.topic_len,
+			NULL, 0, &answer, now_ms + jittered_ttl_ms(ttl_ms));
+}
+
+
+static bool cache_answer(struct policyd_plugin *plugin, const struct acl_subject *s,
+		int64_t now_ms, bool allow_expired, struct cache_answer *out)
+{
+	struct cache_identity id;
+
+	subject_identity(s, &id);
+	return cache_lookup(plugin->cache, &id, s->mosq_access, s->request.topic, s->request.topic_len,
+			atomic_load(&plugin->generation), now_ms, allow_expired, out) == CACHE_HIT;
+}
+
+
+static int answer_rc(struct policyd_plugin *plugin, bool allow)
+{
+	if(allow){
+		plugin->counters.allowed++;
+		return MOSQ_ERR_SUCCESS;
+	}
+	plugin->counters.denied++;
+	return MOSQ_ERR_ACL_DENIED;
+}
+
+
+/* on_error stale: an expired answer of the generation in force, if any.
+ * Returns -1 when there is none (the caller denies). */
+static int serve_stale(struct policyd_plugin *plugin, struct acl_subject *s,
+		const char *why, int64_t now_ms)
+{
+	struct cache_answer answer;
+
+	if(plugin->config.on_error != ON_ERROR_STALE || !cache_answer(plugin, s, now_ms, true, &answer)){
+		return -1;
+	}
+	plugin->counters.stale_served++;
+	if(log_limiter_admit(&plugin->limiters.stale)){
+		subject_render(s);
+		plog_admitted(&plugin->limiters.stale, MOSQ_LOG_WARNING,
+				"no answer from the daemon (%s); served a cached %s past its expiry for %s on '%s' "
+				"user '%s' client '%s' (on_error stale)", why, answer.allow ? "allow" : "deny",
+				access_name(s->mosq_access), s->topic, s->username, s->client_id);
+	}
+	return answer_rc(plugin, answer.allow);
+}
+
+
+/* ----------------------------------------------------------- breaker */
+
+static int on_breaker_open(struct policyd_plugin *plugin, struct acl_subject *s, int64_t now_ms)
+{
+	int rc;
+
+	plugin->counters.breaker_rejected++;
+	plugin->failing_streak++;
+	rc = serve_stale(plugin, s, "circuit breaker open", now_ms);
+	if(rc >= 0){
+		return rc;
+	}
+	if(log_limiter_admit(&plugin->limiters.breaker)){
+		subject_render(s);
+		plog_admitted(&plugin->limiters.breaker, MOSQ_LOG_WARNING,
+				"circuit breaker open (daemon missed %u deadlines in a row); denied %s on '%s' "
+				"for user '%s' client '%s' without asking", plugin->breaker.misses,
+				access_name(s->mosq_access), s->topic, s->username, s->client_id);
+	}
+	return MOSQ_ERR_ACL_DENIED;
+}
+
+
+/* Feeds the breaker; its cool-down starts when the missed call returned. */
+static void record_call(struct policyd_plugin *plugin, const struct policy_check_result *res)
+{
+	bool missed = res->outcome == POLICY_ERROR && res->error == POLICY_ERR_DEADLINE;
+
+	if(breaker_record(&plugin->breaker, missed, monotonic_ms()) && log_limiter_admit(&plugin->limiters.breaker)){
+		plog_admitted(&plugin->limiters.breaker, MOSQ_LOG_WARNING,
+				"circuit breaker opened after %u deadline miss(es) in a row: uncached checks are "
+				"%s for %" PRId64 " ms, then one probe", plugin->breaker.misses,
+				plugin->config.on_error == ON_ERROR_STALE ? "served stale or denied" : "denied",
+				plugin->breaker.cooldown_ms);
+	}
+}
+
+
+/* ------------------------------------------------------------ callback */
+
+static int ask_daemon(struct policyd_plugin *plugin, struct acl_subject *s, int64_t now_ms)
+{
+	struct policy_check_result res;
+	int rc;
+
+	policy_client_check(plugin->client, &s->request, &res);
+	record_call(plugin, &res);
+	switch(res.outcome){
+		case POLICY_ALLOW:
+			note_answer(plugin);
+			remember_answer(plugin, s, &res, now_ms);
+			return answer_rc(plugin, true);
+		case POLICY_DENY:
+			remember_answer(plugin, s, &res, now_ms);
+			return on_denied(plugin, s, &res);
+		case POLICY_ERROR:
+			break;
+	}
+	if(res.outcome != POLICY_ERROR || res.error <= POLICY_ERR_NONE || res.error >= POLICY_ERR__COUNT){
+		res.outcome = POLICY_ERROR;
+		res.error = POLICY_ERR_INTERNAL;
+	}
+	rc = serve_stale(plugin, s, policy_error_name(res.error), now_ms);
+	if(rc >= 0){
+		plugin->counters.errors[res.error]++;
+		plugin->failing_streak++;
+		return rc;
+	}
+	return on_error(plugin, s, &res);
+}
+
+
 int acl_check_callback(int event, void *event_data, void *userdata)
 {
 	struct policyd_plugin *plugin = userdata;
 	const struct mosquitto_evt_acl_check *ed = event_data;
-	struct policy_check_result res;
 	struct acl_subject subject;
+	struct cache_answer cached;
 	const char *why;
+	int64_t now_ms;
 
 	if(plugin == NULL || ed == NULL || event != MOSQ_EVT_ACL_CHECK){
 		return MOSQ_ERR_ACL_DENIED;
@@ -197,20 +402,36 @@ int acl_check_callback(int event, void *event_data, void *userdata)
 	if(why != NULL){
 		return on_rejected(plugin, &subject, why);
 	}
-	policy_client_check(plugin->client, &subject.request, &res);
-	switch(res.outcome){
-		case POLICY_ALLOW:
-			plugin->counters.allowed++;
-			note_answer(plugin);
-			return MOSQ_ERR_SUCCESS;
-		case POLICY_DENY:
-			return on_denied(plugin, &subject, &res);
-		case POLICY_ERROR:
-			break;
+	now_ms = monotonic_ms();
+	generation_sync(plugin, 0); /* a newer generation from the Watch stream flushes first */
+	if(cache_answer(plugin, &subject, now_ms, false, &cached)){
+		plugin->counters.cache_hits++;
+		return answer_rc(plugin, cached.allow);
 	}
-	if(res.outcome != POLICY_ERROR || res.error <= POLICY_ERR_NONE || res.error >= POLICY_ERR__COUNT){
-		res.outcome = POLICY_ERROR;
-		res.error = POLICY_ERR_INTERNAL;
+	plugin->counters.cache_misses++;
+	if(!breaker_allows(&plugin->breaker, now_ms)){
+		return on_breaker_open(plugin, &subject, now_ms);
 	}
-	return on_error(plugin, &subject, &res);
+	return ask_daemon(plugin, &subject, now_ms);
+}
+
+
+int acl_disconnect_callback(int event, void *event_data, void *userdata)
+{
+	struct policyd_plugin *plugin = userdata;
+	const struct mosquitto_evt_disconnect *ed = event_data;
+	struct cache_identity id;
+
+	if(plugin == NULL || ed == NULL || ed->client == NULL || event != MOSQ_EVT_DISCONNECT){
+		return MOSQ_ERR_SUCCESS;
+	}
+	id.client_id = mosquitto_client_id(ed->client);
+	if(id.client_id == NULL){
+		return MOSQ_ERR_SUCCESS; /* nothing was cached for it: checks need a client id */
+	}
+	id.client_id_len = strlen(id.client_id);
+	id.username = mosquitto_client_username(ed->client);
+	id.username_len = id.username ? strlen(id.username) : 0;
+	cache_drop_client(plugin->cache, &id);
+	return MOSQ_ERR_SUCCESS;
 }

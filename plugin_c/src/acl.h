@@ -6,8 +6,12 @@ struct policyd_plugin;
 void acl_limiters_init(struct policyd_plugin *plugin);
 
 /* MOSQ_EVT_ACL_CHECK callback; userdata is the struct policyd_plugin.
- * Returns MOSQ_ERR_SUCCESS only when policyd answered RESULT_ALLOW and
- * MOSQ_ERR_ACL_DENIED in every other case. */
+ * Returns MOSQ_ERR_SUCCESS only for an allow (from policyd, the cache, or
+ * with on_error stale an expired cached allow) and MOSQ_ERR_ACL_DENIED in
+ * every other case. */
 int acl_check_callback(int event, void *event_data, void *userdata);
+
+/* MOSQ_EVT_DISCONNECT callback: forgets the client's cached decisions. */
+int acl_disconnect_callback(int event, void *event_data, void *userdata);
 
 #endif

@@ -24,6 +24,7 @@
 enum option_kind {
 	OPT_STRING,
 	OPT_INT,
+	OPT_CHOICE,         /* one of `choices`; stored as its index (an int) */
 };
 
 struct option_spec {
@@ -33,7 +34,10 @@ struct option_spec {
 	bool required;
 	bool secret;        /* never echo the value in a log line */
 	long min, max;      /* OPT_INT only */
+	const char *const *choices;  /* OPT_CHOICE only, NULL-terminated */
 };
+
+static const char *const on_error_choices[] = {"deny", "stale", NULL};
 
 static const struct option_spec option_specs[] = {
 	{
@@ -46,6 +50,40 @@ static const struct option_spec option_specs[] = {
 		.offset = offsetof(struct policyd_config, timeout_ms),
 		.min = CONFIG_TIMEOUT_MS_MIN, .max = CONFIG_TIMEOUT_MS_MAX,
 	},
+	{
+		.key = "policyd_cache_size", .kind = OPT_INT,
+		.offset = offsetof(struct policyd_config, cache_size),
+		.min = 0, .max = 10000000,
+	},
+	{
+		.key = "policyd_cache_ttl_s", .kind = OPT_INT,
+		.offset = offsetof(struct policyd_config, cache_ttl_s),
+		.min = 0, .max = 86400,
+	},
+	{
+		.key = "policyd_on_error", .kind = OPT_CHOICE,
+		.offset = offsetof(struct policyd_config, on_error),
+		.choices = on_error_choices,
+	},
+	{
+		.key = "policyd_stats_interval_s", .kind = OPT_INT,
+		.offset = offsetof(struct policyd_config, stats_interval_s),
+		.min = 0, .max = 86400,
+	},
+	{
+		.key = "policyd_breaker_threshold", .kind = OPT_INT,
+		.offset = offsetof(struct policyd_config, breaker_threshold),
+		.min = 1, .max = 1000,
+	},
+	{
+		.key = "policyd_breaker_cooldown_ms", .kind = OPT_INT,
+		.offset = offsetof(struct policyd_config, breaker_cooldown_ms),
+		.min = 1, .max = 600000,
+	},
+	{
+		.key = "policyd_broker_id", .kind = OPT_STRING,
+		.offset = offsetof(struct policyd_config, broker_id),
+	},
 };
 
 #define OPTION_COUNT (sizeof(option_specs) / sizeof(option_specs[0]))
@@ -55,6 +93,12 @@ static void config_defaults(struct policyd_config *cfg)
 {
 	memset(cfg, 0, sizeof(*cfg));
 	cfg->timeout_ms = CONFIG_TIMEOUT_MS_DEFAULT;
+	cfg->cache_size = CONFIG_CACHE_SIZE_DEFAULT;
+	cfg->cache_ttl_s = CONFIG_CACHE_TTL_S_DEFAULT;
+	cfg->on_error = ON_ERROR_DENY;
+	cfg->stats_interval_s = CONFIG_STATS_INTERVAL_S_DEFAULT;
+	cfg->breaker_threshold = CONFIG_BREAKER_THRESHOLD_DEFAULT;
+	cfg->breaker_cooldown_ms = CONFIG_BREAKER_COOLDOWN_MS_DEFAULT;
 }
 
 
@@ -139,6 +183,21 @@ static int parse_string(const struct option_spec *spec, const char *value, char 
 }
 
 
+static int parse_choice(const struct option_spec *spec, const char *value, int *out)
+{
+	int i;
+
+	for(i = 0; spec->choices[i] != NULL; i++){
+		if(strcmp(spec->choices[i], value) == 0){
+			*out = i;
+			return MOSQ_ERR_SUCCESS;
+		}
+	}
+	log_bad_value(spec, value, "not one of the allowed values");
+	return MOSQ_ERR_INVAL;
+}
+
+
 static int option_set(struct policyd_config *cfg, const struct option_spec *spec, const char *value)
 {
 	void *field = (char *)cfg + spec->offset;
@@ -148,6 +207,8 @@ static int option_set(struct policyd_config *cfg, const struct option_spec *spec
 			return parse_string(spec, value, (char **)field);
 		case OPT_INT:
 			return parse_int(spec, value, (int *)field);
+		case OPT_CHOICE:
+			return parse_choice(spec, value, (int *)field);
 	}
 	return MOSQ_ERR_INVAL;
 }
@@ -227,5 +288,6 @@ void config_free(struct policyd_config *cfg)
 		return;
 	}
 	free(cfg->address);
+	free(cfg->broker_id);
 	config_defaults(cfg);
 }

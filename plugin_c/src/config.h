@@ -14,9 +14,28 @@
 #define CONFIG_TIMEOUT_MS_MIN 1
 #define CONFIG_TIMEOUT_MS_MAX 60000
 
+#define CONFIG_CACHE_SIZE_DEFAULT 100000
+#define CONFIG_CACHE_TTL_S_DEFAULT 60
+#define CONFIG_STATS_INTERVAL_S_DEFAULT 60
+#define CONFIG_BREAKER_THRESHOLD_DEFAULT 3
+#define CONFIG_BREAKER_COOLDOWN_MS_DEFAULT 1000
+
+/* policyd_on_error: what a check gets when the daemon gives no answer. */
+enum config_on_error {
+	ON_ERROR_DENY = 0,   /* deny (default) */
+	ON_ERROR_STALE = 1,  /* an expired cached answer of the current generation, else deny */
+};
+
 struct policyd_config {
 	char *address;      /* policyd_address: gRPC target, required */
 	int timeout_ms;     /* policyd_timeout_ms: per-check deadline */
+	int cache_size;     /* policyd_cache_size: decision cache entries, 0 = off */
+	int cache_ttl_s;    /* policyd_cache_ttl_s: cap on the daemon's cache_ttl_ms */
+	int on_error;       /* policyd_on_error: enum config_on_error */
+	int stats_interval_s;    /* policyd_stats_interval_s: log + report counters, 0 = never */
+	int breaker_threshold;   /* policyd_breaker_threshold: deadline misses in a row that open it */
+	int breaker_cooldown_ms; /* policyd_breaker_cooldown_ms: open this long before a probe */
+	char *broker_id;    /* policyd_broker_id: name in ShimStats (default: host name) */
 };
 
 /* Fills cfg (defaults, then options). Logs one line per problem and returns

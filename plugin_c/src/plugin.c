@@ -7,7 +7,10 @@
  *   auth_opt_policyd_timeout_ms 100
  */
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 #include <mosquitto.h>
 #include <mosquitto_broker.h>
@@ -18,6 +21,8 @@
 #include "logging.h"
 #include "plugin_state.h"
 #include "policy_client.h"
+#include "stats.h"
+#include "watch.h"
 
 /* Built with -fvisibility=hidden; only these are exported. */
 #define POLICYD_EXPORT __attribute__((visibility("default")))
@@ -44,37 +49,65 @@ int mosquitto_plugin_version(int supported_version_count, const int *supported_v
 }
 
 
-static void plugin_log_counters(const struct policyd_plugin *plugin)
+/* MOSQ_EVT_TICK (main thread, every pass of the broker's loop). Anything
+ * else that must run periodically belongs in here too, one call each. */
+static int plugin_on_tick(int event, void *event_data, void *userdata)
 {
-	const struct policyd_counters *c = &plugin->counters;
+	struct policyd_plugin *plugin = userdata;
 
-	plog(MOSQ_LOG_INFO, "checks=%" PRIu64 " allowed=%" PRIu64 " denied=%" PRIu64
-			" rejected=%" PRIu64 " errors: unavailable=%" PRIu64 " deadline=%" PRIu64
-			" status=%" PRIu64 " protocol=%" PRIu64 " internal=%" PRIu64,
-			c->checks, c->allowed, c->denied, c->rejected,
-			c->errors[POLICY_ERR_UNAVAILABLE], c->errors[POLICY_ERR_DEADLINE],
-			c->errors[POLICY_ERR_STATUS], c->errors[POLICY_ERR_PROTOCOL],
-			c->errors[POLICY_ERR_INTERNAL]);
+	(void)event;
+	(void)event_data;
+	if(plugin != NULL){
+		watch_on_tick(plugin->watch);
+		stats_on_tick(plugin, monotonic_ms());
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
+
+struct plugin_callback {
+	int event;
+	MOSQ_FUNC_generic_callback callback;
+	const char *what;
+};
+
+static const struct plugin_callback plugin_callbacks[] = {
+	{MOSQ_EVT_ACL_CHECK, acl_check_callback, "ACL check"},
+	{MOSQ_EVT_DISCONNECT, acl_disconnect_callback, "disconnect"},
+	{MOSQ_EVT_TICK, plugin_on_tick, "tick"},
+};
+
+#define PLUGIN_CALLBACK_COUNT (sizeof(plugin_callbacks) / sizeof(plugin_callbacks[0]))
+
+
+static void plugin_unregister(struct policyd_plugin *plugin)
+{
+	size_t i;
+	int rc;
+
+	for(i = 0; i < PLUGIN_CALLBACK_COUNT && i < plugin->callbacks_registered; i++){
+		rc = mosquitto_callback_unregister(plugin->identifier, plugin_callbacks[i].event,
+				plugin_callbacks[i].callback, NULL);
+		if(rc != MOSQ_ERR_SUCCESS){
+			plog(MOSQ_LOG_WARNING, "cannot unregister the %s callback: %s",
+					plugin_callbacks[i].what, mosquitto_strerror(rc));
+		}
+	}
+	plugin->callbacks_registered = 0;
 }
 
 
 static void plugin_free(struct policyd_plugin *plugin)
 {
-	int rc;
-
 	if(plugin == NULL){
 		return;
 	}
-	if(plugin->acl_registered){
-		rc = mosquitto_callback_unregister(plugin->identifier, MOSQ_EVT_ACL_CHECK,
-				acl_check_callback, NULL);
-		if(rc != MOSQ_ERR_SUCCESS){
-			plog(MOSQ_LOG_WARNING, "cannot unregister the ACL check callback: %s",
-					mosquitto_strerror(rc));
-		}
-		plugin->acl_registered = false;
-	}
+	plugin_unregister(plugin);
+	watch_destroy(plugin->watch); /* joins its thread: nothing of ours runs after cleanup */
+	plugin->watch = NULL;
 	policy_client_destroy(plugin->client);
+	cache_destroy(plugin->cache);
+	plugin->cache = NULL;
 	plugin->client = NULL;
 	config_free(&plugin->config);
 	free(plugin);
@@ -94,22 +127,68 @@ static int plugin_start_client(struct policyd_plugin *plugin)
 		plog(MOSQ_LOG_ERR, "cannot create the gRPC client: %s", errmsg);
 		return MOSQ_ERR_UNKNOWN;
 	}
+	plugin->cache = cache_create((size_t)plugin->config.cache_size);
+	if(plugin->cache == NULL){
+		plog(MOSQ_LOG_ERR, "out of memory for a decision cache of %d entries", plugin->config.cache_size);
+		return MOSQ_ERR_NOMEM;
+	}
+	breaker_init(&plugin->breaker, (unsigned)plugin->config.breaker_threshold,
+			plugin->config.breaker_cooldown_ms);
+	return MOSQ_ERR_SUCCESS;
+}
+
+
+/* The Policy.Watch thread: generations without waiting for cache expiry, and kicks. */
+static int plugin_start_watch(struct policyd_plugin *plugin)
+{
+	struct watch_options opts = {
+		.target = plugin->config.address,
+		.broker_id = plugin->config.broker_id,
+		.generation = &plugin->generation,
+	};
+	const char *errmsg = "unknown error";
+
+	plugin->watch = watch_create(&opts, &errmsg);
+	if(plugin->watch == NULL){
+		plog(MOSQ_LOG_ERR, "cannot start the Watch stream: %s", errmsg);
+		return MOSQ_ERR_UNKNOWN;
+	}
 	return MOSQ_ERR_SUCCESS;
 }
 
 
 static int plugin_register(struct policyd_plugin *plugin)
 {
+	const struct plugin_callback *cb;
 	int rc;
 
-	rc = mosquitto_callback_register(plugin->identifier, MOSQ_EVT_ACL_CHECK,
-			acl_check_callback, NULL, plugin);
-	if(rc != MOSQ_ERR_SUCCESS){
-		plog(MOSQ_LOG_ERR, "cannot register the ACL check callback: %s", mosquitto_strerror(rc));
-		return rc;
+	while(plugin->callbacks_registered < PLUGIN_CALLBACK_COUNT){
+		cb = &plugin_callbacks[plugin->callbacks_registered];
+		rc = mosquitto_callback_register(plugin->identifier, cb->event, cb->callback, NULL, plugin);
+		if(rc != MOSQ_ERR_SUCCESS){
+			plog(MOSQ_LOG_ERR, "cannot register the %s callback: %s", cb->what, mosquitto_strerror(rc));
+			return rc;
+		}
+		plugin->callbacks_registered++;
 	}
-	plugin->acl_registered = true;
 	return MOSQ_ERR_SUCCESS;
+}
+
+
+/* ShimStats name this broker by host name unless configured. */
+static int plugin_default_broker_id(struct policyd_config *cfg)
+{
+	char host[256];
+
+	if(cfg->broker_id != NULL){
+		return MOSQ_ERR_SUCCESS;
+	}
+	if(gethostname(host, sizeof(host)) != 0){
+		snprintf(host, sizeof(host), "mosquitto");
+	}
+	host[sizeof(host) - 1] = '\0';
+	cfg->broker_id = strdup(host);
+	return cfg->broker_id ? MOSQ_ERR_SUCCESS : MOSQ_ERR_NOMEM;
 }
 
 
@@ -134,7 +213,13 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 
 	rc = config_parse(&plugin->config, options, option_count);
 	if(rc == MOSQ_ERR_SUCCESS){
+		rc = plugin_default_broker_id(&plugin->config);
+	}
+	if(rc == MOSQ_ERR_SUCCESS){
 		rc = plugin_start_client(plugin);
+	}
+	if(rc == MOSQ_ERR_SUCCESS){
+		rc = plugin_start_watch(plugin);
 	}
 	if(rc == MOSQ_ERR_SUCCESS){
 		rc = plugin_register(plugin);
@@ -146,8 +231,11 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 	}
 
 	*userdata = plugin;
-	plog(MOSQ_LOG_INFO, "ACL checks go to %s (timeout %d ms); anything but an allow is a deny",
-			plugin->config.address, plugin->config.timeout_ms);
+	plog(MOSQ_LOG_INFO, "ACL checks go to %s (timeout %d ms, cache %d entries up to %d s, "
+			"on_error %s, breaker after %d deadline misses for %d ms)",
+			plugin->config.address, plugin->config.timeout_ms, plugin->config.cache_size,
+			plugin->config.cache_ttl_s, plugin->config.on_error == ON_ERROR_STALE ? "stale" : "deny",
+			plugin->config.breaker_threshold, plugin->config.breaker_cooldown_ms);
 	return MOSQ_ERR_SUCCESS;
 }
 
@@ -162,7 +250,7 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 	if(plugin == NULL){
 		return MOSQ_ERR_SUCCESS;
 	}
-	plugin_log_counters(plugin);
+	stats_log(plugin);
 	plugin_free(plugin);
 	return MOSQ_ERR_SUCCESS;
 }

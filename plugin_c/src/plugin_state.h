@@ -11,9 +11,12 @@
 
 #include <mosquitto_broker.h>
 
+#include "breaker.h"
+#include "cache.h"
 #include "config.h"
 #include "logging.h"
 #include "policy_client.h"
+#include "watch.h"
 
 struct policyd_counters {
 	uint64_t checks;                      /* ACL events seen */
@@ -21,6 +24,10 @@ struct policyd_counters {
 	uint64_t denied;                      /* RESULT_DENY */
 	uint64_t rejected;                    /* denied locally: no client id/topic, unknown access */
 	uint64_t errors[POLICY_ERR__COUNT];   /* denied: no usable answer, by kind */
+	uint64_t cache_hits;                  /* answered from the decision cache */
+	uint64_t cache_misses;                /* cache consulted, daemon asked (or breaker open) */
+	uint64_t stale_served;                /* on_error stale: expired cached answer served */
+	uint64_t breaker_rejected;            /* not asked: breaker open */
 };
 
 struct policyd_limiters {
@@ -28,20 +35,28 @@ struct policyd_limiters {
 	struct log_limiter denied;
 	struct log_limiter rejected;
 	struct log_limiter recovered;
+	struct log_limiter stale;
+	struct log_limiter breaker;
 };
 
 struct policyd_plugin {
 	mosquitto_plugin_id_t *identifier;
 	struct policyd_config config;
 	struct policy_client *client;
-	bool acl_registered;
+	size_t callbacks_registered;          /* prefix of plugin.c's callback table */
 	uint64_t failing_streak;              /* consecutive checks without an answer */
 	/* Newest policy generation known to the shim. Written by whichever thread
 	 * learns it (a CheckAcl answer on the main thread, the Watch stream on its
 	 * own thread); cached decisions of an older generation are not served. */
 	_Atomic uint64_t generation;
+	struct policyd_watch *watch;          /* Policy.Watch thread; kicks on TICK */
 	struct policyd_counters counters;
 	struct policyd_limiters limiters;
+	/* Decision cache, breaker and stats timing: main thread only. */
+	struct cache *cache;
+	uint64_t cache_generation;            /* generation the cache was last flushed to */
+	struct breaker breaker;
+	int64_t stats_next_ms;                /* next periodic stats line/report */
 };
 
 #endif

@@ -34,6 +34,9 @@
 #include "policy_client.h"
 
 #define CHECK_ACL_METHOD "/policyd.v1.Policy/CheckAcl"
+#define REPORT_STATS_METHOD "/policyd.v1.Policy/ReportStats"
+/* A stats report is best effort; it must never linger. */
+#define REPORT_STATS_TIMEOUT_MS 2000
 #define USER_AGENT "mosquitto-policyd/0.1"
 
 /* Reconnect quickly after a daemon restart (library defaults: 1 s initial,
@@ -59,6 +62,7 @@ struct policy_client {
 	grpc_channel *channel;
 	grpc_completion_queue *cq;
 	grpc_slice method;
+	grpc_slice stats_method;
 	int timeout_ms;
 	uintptr_t next_tag;
 	gpr_timespec last_backoff_reset;
@@ -71,6 +75,7 @@ struct policy_client {
 	bool watcher_running;
 	bool lock_ready;
 	bool stopping;             /* under lock */
+	struct call_ctx *stats_call; /* under lock: the ReportStats call in flight, if any */
 	pthread_mutex_t lock;
 };
 
@@ -167,6 +172,7 @@ static void result_error(struct policy_check_result *result, enum policy_error e
 	result->grpc_status = grpc_status;
 	result->generation = 0;
 	result->cache_ttl_ms = 0;
+	result->cache_scope_len = 0;
 	result->rule[0] = '\0';
 	copy_bytes(result->detail, sizeof(result->detail), detail, strlen(detail));
 }
@@ -262,39 +268,62 @@ static void cq_destroy(grpc_completion_queue *cq, grpc_cq_completion_type type)
 
 /* ---------------------------------------------------------------- watcher */
 
-/* Arms one connectivity watch; false once the client is being destroyed. */
-static bool watcher_arm(struct policy_client *client)
+static void call_ctx_free(struct call_ctx *ctx);
+
+/* Arms one connectivity watch unless the client is being destroyed, and
+ * says whether the watcher has anything left to wait for. */
+static bool watcher_arm(struct policy_client *client, bool *watching)
 {
 	grpc_connectivity_state state;
-	bool armed = false;
+	bool more;
 
 	pthread_mutex_lock(&client->lock);
-	if(!client->stopping){
+	if(!*watching && !client->stopping){
 		/* try_to_connect=1: leave IDLE (start, or the daemon closed the
 		 * connection) without waiting for the next check. */
 		state = grpc_channel_check_connectivity_state(client->channel, 1);
 		if(state != GRPC_CHANNEL_SHUTDOWN){
 			grpc_channel_watch_connectivity_state(client->channel, state,
 					now_after_ms(WATCH_INTERVAL_MS), client->watch_cq, client);
-			armed = true;
+			*watching = true;
 		}
 	}
+	more = *watching || client->stats_call != NULL;
 	pthread_mutex_unlock(&client->lock);
-	return armed;
+	return more;
+}
+
+
+/* A ReportStats call ended (answered, failed or cancelled): nothing to do
+ * with its outcome, which is best effort, but free it. */
+static void watcher_reap_stats(struct policy_client *client, struct call_ctx *ctx)
+{
+	pthread_mutex_lock(&client->lock);
+	if(client->stats_call == ctx){
+		client->stats_call = NULL;
+	}
+	pthread_mutex_unlock(&client->lock);
+	call_ctx_free(ctx);
 }
 
 
 static void *watcher_main(void *arg)
 {
 	struct policy_client *client = arg;
+	bool watching = false;
 	grpc_event ev;
 
-	while(watcher_arm(client)){
+	while(watcher_arm(client, &watching)){
 		/* Polling here is what drives the channel's I/O. */
 		ev = grpc_completion_queue_next(client->watch_cq,
 				gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
 		if(ev.type != GRPC_OP_COMPLETE){
 			break;
+		}
+		if(ev.tag == client){
+			watching = false;
+		}else{
+			watcher_reap_stats(client, ev.tag);
 		}
 	}
 	return NULL;
@@ -339,6 +368,9 @@ static void channel_stop(struct policy_client *client)
 	if(client->watcher_running){
 		pthread_mutex_lock(&client->lock);
 		client->stopping = true;
+		if(client->stats_call){
+			(void)grpc_call_cancel(client->stats_call->call, NULL);
+		}
 		/* Destroying the channel moves it to SHUTDOWN, which completes
 		 * the watcher's pending watch. */
 		grpc_channel_destroy(client->channel);
@@ -400,6 +432,7 @@ struct policy_client *policy_client_create(const struct policy_client_options *o
 	client->next_tag = 1;
 	client->last_backoff_reset = gpr_inf_past(GPR_CLOCK_MONOTONIC);
 	client->method = grpc_slice_from_static_string(CHECK_ACL_METHOD);
+	client->stats_method = grpc_slice_from_static_string(REPORT_STATS_METHOD);
 
 	signals_block_all(&saved);
 	grpc_init();
@@ -429,6 +462,7 @@ void policy_client_destroy(struct policy_client *client)
 	/* else: a batch is still owned by gRPC; keep the queue and the library
 	 * alive rather than risk an abort in the broker. */
 	grpc_slice_unref(client->method);
+	grpc_slice_unref(client->stats_method);
 	free(client);
 }
 
@@ -567,6 +601,10 @@ static void apply_response(const Policyd__V1__CheckAclResponse *resp, struct pol
 	result->cache_ttl_ms = resp->cache_ttl_ms;
 	if(resp->rule){
 		copy_bytes(result->rule, sizeof(result->rule), resp->rule, strlen(resp->rule));
+	}
+	if(resp->cache_scope.len > 0 && resp->cache_scope.len <= sizeof(result->cache_scope)){
+		memcpy(result->cache_scope, resp->cache_scope.data, resp->cache_scope.len);
+		result->cache_scope_len = resp->cache_scope.len;
 	}
 }
 
@@ -716,4 +754,79 @@ void policy_client_check(struct policy_client *client,
 	}
 	maybe_reset_backoff(client, result);
 	call_ctx_free(ctx);
+}
+
+
+/* ----------------------------------------------------------- ReportStats */
+
+static grpc_byte_buffer *encode_stats(const struct policy_shim_stats *st)
+{
+	Policyd__V1__ShimStats msg = POLICYD__V1__SHIM_STATS__INIT;
+	grpc_byte_buffer *buf;
+	grpc_slice slice;
+	size_t len;
+
+	msg.broker_id = (char *)(st->broker_id ? st->broker_id : "");
+	msg.checks = st->checks;
+	msg.allowed = st->allowed;
+	msg.denied = st->denied;
+	msg.errors = st->errors;
+	msg.cache_hits = st->cache_hits;
+	msg.cache_misses = st->cache_misses;
+	msg.cache_entries = st->cache_entries;
+	msg.stale_served = st->stale_served;
+	msg.breaker_opens = st->breaker_opens;
+	msg.breaker_open = st->breaker_open != 0;
+
+	len = policyd__v1__shim_stats__get_packed_size(&msg);
+	slice = grpc_slice_malloc(len);
+	if(policyd__v1__shim_stats__pack(&msg, GRPC_SLICE_START_PTR(slice)) != len){
+		grpc_slice_unref(slice);
+		return NULL;
+	}
+	buf = grpc_raw_byte_buffer_create(&slice, 1);
+	grpc_slice_unref(slice);
+	return buf;
+}
+
+
+/* Called with client->lock held. */
+static int stats_call_start(struct policy_client *client, struct call_ctx *ctx)
+{
+	ctx->call = grpc_channel_create_call(client->channel, NULL, GRPC_PROPAGATE_DEFAULTS,
+			client->watch_cq, client->stats_method, NULL,
+			now_after_ms(REPORT_STATS_TIMEOUT_MS), NULL);
+	if(ctx->call == NULL){
+		return -1;
+	}
+	ctx->tag = ctx; /* the watcher tells it from its own tag (the client) */
+	return call_start(ctx) == GRPC_CALL_OK ? 0 : -1;
+}
+
+
+int policy_client_report_stats(struct policy_client *client, const struct policy_shim_stats *stats)
+{
+	struct call_ctx *ctx;
+	int rc = -1;
+
+	if(client == NULL || stats == NULL || !client->watcher_running){
+		return -1;
+	}
+	ctx = call_ctx_new();
+	if(ctx == NULL){
+		return -1;
+	}
+	ctx->send_buf = encode_stats(stats);
+	pthread_mutex_lock(&client->lock);
+	if(ctx->send_buf && client->stats_call == NULL && !client->stopping){
+		rc = stats_call_start(client, ctx);
+		if(rc == 0){
+			client->stats_call = ctx;
+		}
+	}
+	pthread_mutex_unlock(&client->lock);
+	if(rc != 0){
+		call_ctx_free(ctx);
+	}
+	return rc;
 }

@@ -1,5 +1,6 @@
 /*
- * Synchronous gRPC client for policyd.v1.Policy/CheckAcl (gRPC C core).
+ * Synchronous gRPC client for policyd.v1.Policy/CheckAcl (gRPC C core),
+ * plus fire-and-forget ReportStats calls reaped by its background thread.
  *
  * Knows nothing about Mosquitto: no broker calls, no logging. Not thread
  * safe: one client is used from one thread (the broker's main thread).
@@ -50,6 +51,8 @@ struct policy_check_request {
 };
 
 #define POLICY_RULE_MAX 128
+/* Longer cache scopes are ignored (the answer is then cached per topic). */
+#define POLICY_SCOPE_MAX 512
 #define POLICY_DETAIL_MAX 160
 
 struct policy_check_result {
@@ -60,6 +63,17 @@ struct policy_check_result {
 	uint32_t cache_ttl_ms;            /* from the response; 0 on error */
 	char rule[POLICY_RULE_MAX];       /* deciding rule, NUL-terminated, may be truncated; untrusted text */
 	char detail[POLICY_DETAIL_MAX];   /* on error: what went wrong; untrusted text (may come from the daemon) */
+	size_t cache_scope_len;           /* 0: the answer holds for this topic only */
+	char cache_scope[POLICY_SCOPE_MAX]; /* topic filter the answer holds for (not NUL-terminated) */
+};
+
+/* Mirrors policyd.v1.ShimStats. */
+struct policy_shim_stats {
+	const char *broker_id;
+	uint64_t checks, allowed, denied, errors;
+	uint64_t cache_hits, cache_misses, cache_entries;
+	uint64_t stale_served, breaker_opens;
+	int breaker_open;
 };
 
 struct policy_client;
@@ -77,6 +91,11 @@ void policy_client_destroy(struct policy_client *client);
 void policy_client_check(struct policy_client *client,
 		const struct policy_check_request *request,
 		struct policy_check_result *result);
+
+/* Starts one ReportStats call and returns without waiting; the client's
+ * background thread reaps it. Returns 0 when sent, -1 when skipped because
+ * the previous report is still in flight, or the call could not start. */
+int policy_client_report_stats(struct policy_client *client, const struct policy_shim_stats *stats);
 
 /* Short stable names ("unavailable", "deadline", ...) for logs and stats. */
 const char *policy_error_name(enum policy_error error);

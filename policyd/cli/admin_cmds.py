@@ -14,7 +14,7 @@ def add_subparsers(sub) -> None:
                              ("status", cmd_status, "show the policy in force in a running daemon")):
         p = sub.add_parser(name, help=what)
         p.add_argument("--address", default=DEFAULT_ADMIN, help=f"admin address (default {DEFAULT_ADMIN})")
-        p.add_argument("--timeout", type=float, default=10.0)
+        p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the daemon (default 10)")
         p.set_defaults(func=func)
 
 
@@ -69,10 +69,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"rules file: {st.rules_file} (sha256 {st.source_sha256})")
     print(f"loaded at:  {loaded}")
     print(f"identities: {st.identities}, rules: {st.rules}")
+    print(f"reloads:    {st.reloads_ok} ok, {st.reloads_failed} rejected")
+    if st.dry_run:
+        print("mode:       DRY RUN (every check answered allow; would-denials counted and logged)")
     if st.last_error:
         print("last reload failed:")
         for p in st.last_error:
             print(f"  {p.file}:{p.line}:{p.column}: {p.key}: {p.message}")
+    else:
+        print("last reload: ok")
+    _print_shims(st.shims)
     return 0
+
+
+def _print_shims(shims) -> None:
+    connected = sum(1 for s in shims if s.connected)
+    print(f"shims:      {connected} connected, {len(shims)} known")
+    for s in shims:
+        seen = datetime.datetime.fromtimestamp(s.last_seen, datetime.timezone.utc).isoformat(timespec="seconds")
+        c = s.stats
+        print(f"  {c.broker_id or '?'}: {'connected' if s.connected else 'gone'}, last report {seen}; "
+              f"checks {c.checks} (allowed {c.allowed}, denied {c.denied}, errors {c.errors}), "
+              f"cache hits {c.cache_hits} misses {c.cache_misses} entries {c.cache_entries}, "
+              f"breaker {'OPEN' if c.breaker_open else 'closed'} (opened {c.breaker_opens}x)")
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import sys
 
 from .common import DEFAULT_LISTEN, octal_mode
 
@@ -20,16 +20,43 @@ def add_subparser(sub) -> None:
     p.add_argument("--socket-group", help="group of the --listen unix socket, e.g. mosquitto")
     p.add_argument("--cache-ttl-ms", type=int, default=5000, help="how long the plugin may cache an answer")
     p.add_argument("--workers", type=int, default=8, help="gRPC worker threads")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--watch", action=argparse.BooleanOptionalAction, default=True,
+                   help="reload when the rules file changes on disk (default on); SIGHUP and "
+                   "`policyd reload` work either way")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="least severe level logged (default info; debug also logs each denial)")
+    p.add_argument("--log-format", default="text", choices=["text", "json"],
+                   help="daemon log lines on stderr: text, or one JSON object per line")
+    p.add_argument("--metrics-listen", metavar="[HOST:]PORT",
+                   help="serve Prometheus /metrics, /healthz and /readyz over HTTP here "
+                   "(host defaults to 127.0.0.1; off when not given)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="answer allow to every check; count and log what the policy would deny "
+                   "(roll out a new policy safely)")
+    p.add_argument("--decision-log", metavar="PATH|-",
+                   help="write one JSON line per decision to PATH (reopened after logrotate) or - (stdout)")
+    p.add_argument("--decision-log-filter", choices=["all", "deny"], default="all",
+                   help="log every decision, or only denials and errors (default all)")
+    p.add_argument("--decision-log-sample", type=int, default=1, metavar="N",
+                   help="log 1 in N allows; denials and errors are always logged (default 1)")
     p.set_defaults(func=cmd_serve)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from ..server.logs import DecisionLogOptions, configure_logging
     from ..server.serve import ServeOptions, serve
 
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level, args.log_format)
+    if args.decision_log_sample < 1:
+        print("policyd serve: --decision-log-sample must be at least 1", file=sys.stderr)
+        return 2
+    decision_log = None
+    if args.decision_log:
+        decision_log = DecisionLogOptions(args.decision_log, only_denials=args.decision_log_filter == "deny",
+                                          sample_allows=args.decision_log_sample)
     return serve(ServeOptions(
         rules=args.rules, listen=args.listen, admin_listen=args.admin_listen,
         socket_mode=args.socket_mode, socket_group=args.socket_group,
-        cache_ttl_ms=args.cache_ttl_ms, workers=args.workers))
+        cache_ttl_ms=args.cache_ttl_ms, workers=args.workers,
+        metrics_listen=args.metrics_listen, dry_run=args.dry_run, decision_log=decision_log,
+        watch_rules=args.watch))

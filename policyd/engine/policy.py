@@ -5,8 +5,8 @@ Decision order (docs/rules.md has the full reference and the reasons):
   2. A topic that is not valid MQTT is denied.
   3. A superuser is allowed everything.
   4. Rules that can apply: the `anonymous` rules for a client without a
-     username; otherwise the user's own rules, its groups' rules, then the
-     patterns. Looked up by username in a dict: the cost of a check depends
+     username; otherwise the user's own rules, its groups' rules, the rules of
+     every `certificates` entry its attributes match, then the patterns. Looked up by username in a dict: the cost of a check depends
      on the rules of one identity, never on how many identities there are.
   5. Any matching deny rule denies (deny wins across all rule sets).
   6. The first allow rule that matches and grants the access allows.
@@ -16,12 +16,15 @@ Decision order (docs/rules.md has the full reference and the reasons):
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
 from . import topics
-from .loader import PolicySpec, RuleSpec, identity_problem
+from .fastyaml import no_gc
+from .loader import CertificateSpec, PolicySpec, RuleSpec, identity_problem
 from .model import GRANTS, Access, Decision, Request, TraceStep
+from .templates import compile_topic
 
 
 @dataclass(frozen=True)
@@ -92,12 +95,17 @@ class CompiledRule:
 
 
 def compile_rule(spec: RuleSpec) -> CompiledRule:
-    levels = topics.split(spec.topic)
-    slots = tuple((i, lv) for i, lv in enumerate(levels) if lv in ("%u", "%c"))
+    # one shared string per distinct level: with 100,000 identities the common levels
+    # ("fleet", "device") stay in cache and compare by identity
+    if "%" in spec.topic:
+        levels, slots = compile_topic(spec.topic)
+        levels = tuple(map(sys.intern, levels))
+    else:
+        levels, slots = tuple(map(sys.intern, spec.topic.split("/"))), ()
     return CompiledRule(spec.topic, levels, slots, spec.access, GRANTS[spec.access], spec)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one object fewer to fetch per decision
 class RuleSet:
     """Rules that apply together, denies kept apart so they are checked first."""
 
@@ -106,14 +114,36 @@ class RuleSet:
 
     @classmethod
     def of(cls, specs: tuple[RuleSpec, ...]) -> "RuleSet":
-        rules = [compile_rule(s) for s in specs]
-        return cls(tuple(r for r in rules if r.deny), tuple(r for r in rules if not r.deny))
+        return cls.of_compiled([compile_rule(s) for s in specs])
+
+    @classmethod
+    def of_compiled(cls, rules: list[CompiledRule]) -> "RuleSet":
+        denies = [r for r in rules if r.access == "deny"]
+        if not denies:  # the usual case: one pass, no second list
+            return cls((), tuple(rules))
+        return cls(tuple(denies), tuple(r for r in rules if r.access != "deny"))
 
     def __len__(self) -> int:
         return len(self.denies) + len(self.allows)
 
 
 EMPTY = RuleSet()
+
+
+@dataclass(frozen=True)
+class CertificateRules:
+    """A `certificates` entry: rules for clients whose attributes satisfy every match."""
+
+    name: str
+    match: tuple[tuple[str, frozenset[str]], ...]
+    rules: RuleSet
+
+    def applies(self, attributes) -> bool:
+        return all(not accepted.isdisjoint(attributes.get(attr, ())) for attr, accepted in self.match)
+
+    @classmethod
+    def of(cls, spec: CertificateSpec) -> "CertificateRules":
+        return cls(spec.name, tuple((a, frozenset(v)) for a, v in spec.match), RuleSet.of(spec.rules))
 
 
 @dataclass(frozen=True)
@@ -126,6 +156,27 @@ class CompiledPolicy:
     anonymous: RuleSet
     generation: int = 0
     rule_count: int = 0
+    certificates: tuple[CertificateRules, ...] = ()
+    # (attribute, value) -> indexes into `certificates` of the entries accepting it
+    certificate_index: dict[tuple[str, str], tuple[int, ...]] = field(default_factory=dict)
+
+    def rule_sets(self, ident: Identity, attributes=None) -> tuple[RuleSet, ...]:
+        """The rule sets that apply to a client, in the order they are checked."""
+        if ident.anonymous:
+            return (self.anonymous,)
+        own = self.users.get(ident.username, EMPTY) if ident.username_safe else EMPTY
+        return (own, *self.certificate_rule_sets(attributes), self.patterns)
+
+    def certificate_rule_sets(self, attributes) -> tuple[RuleSet, ...]:
+        """Rule sets of the entries these attributes match, in file order."""
+        if not attributes or not self.certificate_index:
+            return ()
+        found: set[int] = set()
+        for attr, values in attributes.items():
+            for value in values:
+                found.update(self.certificate_index.get((attr, value), ()))
+        return tuple(self.certificates[i].rules for i in sorted(found)
+                     if self.certificates[i].applies(attributes))
 
     @property
     def identity_count(self) -> int:
@@ -144,13 +195,29 @@ class CompiledPolicy:
 
 
 def compile_policy(spec: PolicySpec) -> CompiledPolicy:
-    per_user: dict[str, list[RuleSpec]] = {name: list(rules) for name, rules in spec.users.items()}
+    with no_gc():  # hundreds of thousands of small objects, no cycles: see fastyaml
+        return _compile(spec)
+
+
+def _compile(spec: PolicySpec) -> CompiledPolicy:
+    from_groups: dict[str, list[CompiledRule]] = {}
     for group in spec.groups:
+        group_rules = [compile_rule(r) for r in group.rules]  # once per group, shared by members
         for member in group.members:
-            per_user.setdefault(member, []).extend(group.rules)
-    users = {name: RuleSet.of(tuple(rules)) for name, rules in per_user.items()}
+            from_groups.setdefault(member, []).extend(group_rules)
+    users = {name: RuleSet.of_compiled([compile_rule(r) for r in rules] + from_groups.get(name, []))
+             for name, rules in spec.users.items()}
+    for name, rules in from_groups.items():
+        if name not in users:  # a member with no `users` entry of its own
+            users[name] = RuleSet.of_compiled(rules)
+    certificates = tuple(CertificateRules.of(c) for c in spec.certificates)
+    index: dict[tuple[str, str], list[int]] = {}
+    for i, entry in enumerate(certificates):
+        for attr, accepted in entry.match:
+            for value in accepted:
+                index.setdefault((attr, value), []).append(i)
     rule_count = (sum(len(r) for r in spec.users.values()) + sum(len(g.rules) for g in spec.groups)
-                  + len(spec.patterns) + len(spec.anonymous))
+                  + sum(len(c.rules) for c in spec.certificates) + len(spec.patterns) + len(spec.anonymous))
     return CompiledPolicy(
         source_file=spec.file,
         source_sha256=spec.sha256,
@@ -159,6 +226,8 @@ def compile_policy(spec: PolicySpec) -> CompiledPolicy:
         patterns=RuleSet.of(spec.patterns),
         anonymous=RuleSet.of(spec.anonymous),
         rule_count=rule_count,
+        certificates=certificates,
+        certificate_index={k: tuple(v) for k, v in index.items()},
     )
 
 
@@ -184,11 +253,7 @@ def _evaluate(policy: CompiledPolicy, request: Request, trace: Optional[list[Tra
     if ident.username_safe and ident.username in policy.superusers:
         return Decision(True, "superuser")
 
-    if ident.anonymous:
-        rule_sets = (policy.anonymous,)
-    else:
-        own = policy.users.get(ident.username, EMPTY) if ident.username_safe else EMPTY
-        rule_sets = (own, policy.patterns)
+    rule_sets = policy.rule_sets(ident, request.attributes)
 
     for rules in rule_sets:
         for rule in rules.denies:

@@ -15,8 +15,11 @@ import grpc
 from ..engine import PolicyLoadError
 from ..v1 import policy_pb2_grpc as pb_grpc
 from . import listen
+from .logs import DecisionLog, DecisionLogOptions
 from .service import AdminService, PolicyService
 from .store import PolicyStore
+from .watch_stream import MAX_STREAMS as MAX_WATCH_STREAMS
+from .watcher import RulesFileWatcher
 
 log = logging.getLogger("policyd.serve")
 
@@ -31,6 +34,10 @@ class ServeOptions:
     cache_ttl_ms: int = 5000
     workers: int = 8
     allow_remote_plaintext: bool = False
+    metrics_listen: Optional[str] = None  # HOST:PORT of /metrics, /healthz, /readyz; None: off
+    dry_run: bool = False  # answer allow; count and log what the policy would deny
+    decision_log: Optional[DecisionLogOptions] = None
+    watch_rules: bool = True  # reload when the rules file changes on disk
 
 
 class Daemon:
@@ -49,25 +56,63 @@ class Daemon:
         self._unix_paths: list[str] = []
         self._stop = threading.Event()
         self._reload_requested = threading.Event()
+        self._serving = False
+        self.metrics_server = None
+        self.policy_service.dry_run = opts.dry_run
+        self.watcher: Optional[RulesFileWatcher] = None
 
     def start(self) -> None:
+        if self.opts.watch_rules:  # looks at the file before the first load: no edit is missed
+            self.watcher = RulesFileWatcher(self.store)
         outcome = self.store.reload("start")
         if not outcome.ok:
             raise PolicyLoadError(list(outcome.problems))
         endpoint = listen.parse(self.opts.listen)
         admin = (listen.parse(self.opts.admin_listen) if self.opts.admin_listen
                  else listen.admin_default(endpoint))
-        policy_server = self._server()
+        # Each Watch stream holds a thread: room for them on top of the checks' workers.
+        policy_server = self._server(workers=self.opts.workers + MAX_WATCH_STREAMS)
         pb_grpc.add_PolicyServicer_to_server(self.policy_service, policy_server)
         self._bind(policy_server, endpoint, self.opts.socket_mode, self.opts.socket_group)
         if admin is not None:
             admin_server = self._server(workers=2)
-            pb_grpc.add_AdminServicer_to_server(AdminService(self.store), admin_server)
+            admin_service = AdminService(self.store)
+            admin_service.shims, admin_service.dry_run = self._shims, self.opts.dry_run
+            pb_grpc.add_AdminServicer_to_server(admin_service, admin_server)
             self._bind(admin_server, admin, 0o600, None)
+        self._start_operations()
         for server in self._servers:
             server.start()
+        self._serving = True
+        if self.watcher is not None:
+            self.watcher.start()
+        if self.opts.dry_run:
+            log.warning("DRY RUN: every check is answered allow; denials are only counted and logged")
         log.info("policyd listening on %s (admin: %s)", endpoint.target,
                  admin.target if admin else "none; reload with SIGHUP")
+
+    def _start_operations(self) -> None:
+        """The decision log and the metrics endpoint (issue 7), when asked for."""
+        if self.opts.decision_log is not None:
+            self.policy_service.decision_log = DecisionLog(self.opts.decision_log)
+        if self.opts.metrics_listen is None:
+            return
+        from .metrics import Metrics, MetricsServer  # prometheus_client only when metrics are on
+
+        metrics = Metrics(self.store, self.policy_service.counters, shims=self._shims,
+                          decision_log=self.policy_service.decision_log, dry_run=self.opts.dry_run)
+        self.policy_service.latency = metrics.latency
+        try:
+            self.metrics_server = MetricsServer(self.opts.metrics_listen, metrics, self.ready).start()
+        except ValueError as exc:
+            raise listen.ListenError(str(exc)) from None
+
+    def _shims(self):
+        """What the shims last reported (the ShimRegistry fed by ReportStats)."""
+        return self.policy_service.shims.snapshot()
+
+    def ready(self) -> bool:
+        return self._serving and self.store.status().generation > 0
 
     def _server(self, workers: Optional[int] = None) -> grpc.Server:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers or self.opts.workers),
@@ -112,8 +157,15 @@ class Daemon:
         self.stop()
 
     def stop(self) -> None:
+        self._serving = False
+        if self.watcher is not None:
+            self.watcher.stop()
         for server in self._servers:
             server.stop(grace=1.0).wait()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+        if self.policy_service.decision_log is not None:
+            self.policy_service.decision_log.close()
         for path in self._unix_paths:
             try:
                 os.unlink(path)

@@ -5,14 +5,18 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 
 import grpc
 
 from .. import __version__
 from ..engine import Access, Problem, Request
+from ..engine.scope import cache_scope
 from ..v1 import policy_pb2 as pb
 from ..v1 import policy_pb2_grpc as pb_grpc
+from . import watch_stream
 from .ratelimit import RateLimitedLog
+from .shims import ShimRegistry
 from .store import PolicyStore
 
 log = logging.getLogger("policyd.service")
@@ -43,34 +47,111 @@ class PolicyService(pb_grpc.PolicyServicer):
         self.cache_ttl_ms = cache_ttl_ms
         self.counters = Counters()
         self._errors = RateLimitedLog(log, interval_s=10.0)
+        self.shims = ShimRegistry()  # latest ShimStats per broker (ReportStats)
+        # Operations hooks, set by serve.py (issue 7); all off by default.
+        self.latency = None       # prometheus Histogram
+        self.decision_log = None  # logs.DecisionLog
+        self.dry_run = False      # answer allow, count and log what would be denied
+        self._dry_run_log = RateLimitedLog(logging.getLogger("policyd.dryrun"), interval_s=1.0)
 
     def CheckAcl(self, request: pb.CheckAclRequest, context: grpc.ServicerContext) -> pb.CheckAclResponse:
+        started = time.perf_counter()
+        answer = self._check(request)
+        if self.latency is not None:
+            self.latency.observe(time.perf_counter() - started)
+        return answer
+
+    def Watch(self, request: pb.WatchRequest, context: grpc.ServicerContext):
+        """Generations and kicks for the shim's watch thread (watch_stream.py)."""
+        return watch_stream.watch(self.store, request, context)
+
+    def _check(self, request: pb.CheckAclRequest) -> pb.CheckAclResponse:
         policy = self.store.current  # one policy for the whole check
         try:
             access = Access(request.access)
         except ValueError:
             self.counters.add("error")
+            self._log_decision(request, "error", "unknown", "bad-request", policy.generation)
             self._errors.warning("bad-access", "CheckAcl with unknown access value %d: denied", request.access)
             return pb.CheckAclResponse(result=pb.RESULT_DENY, generation=policy.generation, rule="bad-request")
         username = request.username if request.has_username else None
+        subject = Request(username, request.client_id, request.topic, access)
         try:
-            decision = policy.decide(Request(username, request.client_id, request.topic, access))
+            decision = policy.decide(subject)
         except Exception:  # never let a bug become an allow, or an unanswered broker
             self.counters.add("error")
+            self._log_decision(request, "error", access.name.lower(), "engine-error", policy.generation)
             self._errors.exception("engine", "engine failure while deciding: denied")
             return pb.CheckAclResponse(result=pb.RESULT_DENY, generation=policy.generation, rule="engine-error")
-        outcome = "allow" if decision.allowed else "deny"
+        allowed = decision.allowed or self.dry_run
+        outcome = "allow" if allowed else "deny"
         self.counters.add(f"{outcome}.{access.name.lower()}")
+        if self.decision_log is not None or allowed != decision.allowed:
+            self._observe(request, access, decision, policy.generation)
         if not decision.allowed and decisions_log.isEnabledFor(logging.DEBUG):
             decisions_log.debug("deny %s user=%s client=%s topic=%s gen=%d: %s", access.name.lower(),
                                 _printable(username), _printable(request.client_id),
                                 _printable(request.topic), policy.generation, decision.describe())
         return pb.CheckAclResponse(
-            result=pb.RESULT_ALLOW if decision.allowed else pb.RESULT_DENY,
+            result=pb.RESULT_ALLOW if allowed else pb.RESULT_DENY,
             generation=policy.generation,
             cache_ttl_ms=self.cache_ttl_ms,
             rule=str(decision.rule) if decision.rule is not None else decision.reason,
+            cache_scope=self._scope(policy, subject, decision) if allowed == decision.allowed else b"",
         )
+
+    def _scope(self, policy, subject: Request, decision) -> bytes:
+        """The filter the answer provably holds for (empty: this topic only)."""
+        if self.cache_ttl_ms <= 0:
+            return b""
+        try:
+            scope = cache_scope(policy, subject, decision)
+        except Exception:  # a missing scope only costs round trips; a wrong one never happens
+            self._errors.exception("scope", "cache scope computation failed: answer cached per topic")
+            return b""
+        return scope.encode("utf-8") if scope else b""
+
+    def ReportStats(self, request: pb.ShimStats, context: grpc.ServicerContext) -> pb.ReportStatsResponse:
+        stats = {name: getattr(request, name) for name in (
+            "checks", "allowed", "denied", "errors", "cache_hits", "cache_misses", "cache_entries",
+            "stale_served", "breaker_opens", "breaker_open")}
+        self.shims.update(request.broker_id[:128], context.peer(), stats)
+        log.debug("shim stats from broker %s: %s", _printable(request.broker_id, 128),
+                  " ".join(f"{k}={int(v)}" for k, v in stats.items()))
+        return pb.ReportStatsResponse()
+
+    def _observe(self, request: pb.CheckAclRequest, access: Access, decision, generation: int) -> None:
+        """Off the common path: the decision log, and dry-run's would-deny count and log line."""
+        rule = str(decision.rule) if decision.rule is not None else decision.reason
+        self._log_decision(request, decision.word, access.name.lower(), rule, generation)
+        if self.dry_run and not decision.allowed:
+            self.counters.add(f"would_deny.{access.name.lower()}")
+            self._dry_run_log.warning("would-deny", "dry-run: would deny %s user=%s client=%s topic=%s: %s",
+                                      access.name.lower(), _Printable(_username(request)),
+                                      _Printable(request.client_id), _Printable(request.topic), rule)
+
+    def _log_decision(self, request: pb.CheckAclRequest, result: str, access: str, rule: str,
+                      generation: int) -> None:
+        if self.decision_log is not None:
+            self.decision_log.record(result=result, access=access, username=_username(request),
+                                     client_id=request.client_id, topic=request.topic, rule=rule,
+                                     generation=generation, dry_run=self.dry_run)
+
+
+class _Printable:
+    """_printable(value), computed only if a (rate-limited) log line is actually written."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bytes | None):
+        self.value = value
+
+    def __str__(self) -> str:
+        return _printable(self.value)
+
+
+def _username(request: pb.CheckAclRequest) -> bytes | None:
+    return request.username if request.has_username else None
 
 
 class AdminService(pb_grpc.AdminServicer):
@@ -78,6 +159,8 @@ class AdminService(pb_grpc.AdminServicer):
 
     def __init__(self, store: PolicyStore):
         self.store = store
+        self.shims = lambda: None  # set by serve.py: the ShimRegistry fed by ReportStats
+        self.dry_run = False
 
     def Reload(self, request: pb.ReloadRequest, context: grpc.ServicerContext) -> pb.ReloadResponse:
         outcome = self.store.reload("rpc")
@@ -89,7 +172,21 @@ class AdminService(pb_grpc.AdminServicer):
         return pb.StatusResponse(
             generation=st.generation, rules_file=st.rules_file, source_sha256=st.source_sha256,
             loaded_at=st.loaded_at, last_error=[problem_to_pb(p) for p in st.last_problems],
-            identities=st.identities, rules=st.rules, version=__version__)
+            identities=st.identities, rules=st.rules, version=__version__,
+            shims=_shim_statuses(self.shims()), reloads_ok=getattr(self.store, "reloads_ok", 0),
+            reloads_failed=getattr(self.store, "reloads_failed", 0), dry_run=self.dry_run)
+
+
+def _shim_statuses(snapshot) -> list[pb.ShimStatus]:
+    from .metrics import is_connected, shim_rows
+
+    now = time.time()
+    out = []
+    for broker, stats, seen, up in shim_rows(snapshot):
+        fields = {f.name: stats[f.name] for f in pb.ShimStats.DESCRIPTOR.fields if f.name in stats}
+        out.append(pb.ShimStatus(stats=pb.ShimStats(**{**fields, "broker_id": broker}), last_seen=seen,
+                                 connected=is_connected(seen, up, now)))
+    return out
 
 
 def problem_to_pb(problem: Problem) -> pb.PolicyProblem:

@@ -1,6 +1,6 @@
 """The policy in force, and the one path by which it changes.
 
-Every trigger (start, SIGHUP, the Reload RPC, later the file watcher) calls
+Every trigger (start, SIGHUP, the Reload RPC, the file watcher) calls
 `PolicyStore.reload`, which validates and compiles the whole file *before*
 swapping a single reference. Readers take `store.current` once per check and
 keep using that object, so a check in flight finishes on the policy it
@@ -11,11 +11,14 @@ that fails to load leaves the last known good policy in force.
 from __future__ import annotations
 
 import logging
+import collections
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from ..engine import CompiledPolicy, PolicyLoadError, Problem, load_policy
+from ..engine.diff import usernames_to_kick
 
 log = logging.getLogger("policyd.store")
 
@@ -26,6 +29,22 @@ class ReloadOutcome:
     generation: int
     problems: tuple[Problem, ...] = ()
     trigger: str = ""
+    kicks: frozenset[str] = frozenset()  # identities the new generation took access from
+
+
+@dataclass(frozen=True)
+class PolicySwap:
+    """What listeners hear after each successful swap (not after the first load)."""
+
+    generation: int
+    kicks: frozenset[str]
+    previous: int = 0  # the generation it replaced
+
+
+# Swaps remembered for brokers whose Watch stream was briefly down.
+SWAP_HISTORY = 256
+
+SwapListener = Callable[[PolicySwap], None]
 
 
 @dataclass
@@ -48,6 +67,15 @@ class PolicyStore:
         self._last_problems: tuple[Problem, ...] = ()
         self.reloads_ok = 0
         self.reloads_failed = 0
+        # For metrics (plain attributes, read without a lock).
+        self.last_reload_seconds = 0.0      # daemon time of the last successful reload
+        self.last_reload_ok = True          # False while the file on disk is rejected
+        self.last_failure_at = 0.0          # unix time of the last rejected reload
+        self.kicks_total = 0                # identities named in kick lists
+        self.kick_errors = 0                # reloads whose kick list could not be computed
+        self._listeners: list[SwapListener] = []
+        self._listener_lock = threading.Lock()
+        self._history: collections.deque[PolicySwap] = collections.deque(maxlen=SWAP_HISTORY)
 
     @property
     def current(self) -> CompiledPolicy:
@@ -63,27 +91,103 @@ class PolicyStore:
         previous = self._policy.generation if self._policy else 0
         return max(previous + 1, int(time.time() * 1000))
 
-    def reload(self, trigger: str) -> ReloadOutcome:
+    def reload(self, trigger: str, quiet_failure: bool = False) -> ReloadOutcome:
+        """Load, validate, swap. `quiet_failure`: a rejected file is neither
+        recorded nor logged nor counted (the file watcher's first look at a
+        file that may still be being written; it asks again, loudly, once the
+        file has stayed unchanged)."""
         with self._lock:
             started = time.perf_counter()
             try:
                 candidate = load_policy(self.rules_file)
             except PolicyLoadError as exc:
+                if quiet_failure:
+                    return ReloadOutcome(False, self._policy.generation if self._policy else 0,
+                                         tuple(exc.problems), trigger)
                 self._last_problems = tuple(exc.problems)
                 self.reloads_failed += 1
+                self.last_reload_ok = False
+                self.last_failure_at = time.time()
                 generation = self._policy.generation if self._policy else 0
                 log.error("reload (%s) rejected, keeping generation %d: %s", trigger, generation, exc)
                 return ReloadOutcome(False, generation, tuple(exc.problems), trigger)
-            policy = candidate.with_generation(self._next_generation())
+            old, policy = self._policy, candidate.with_generation(self._next_generation())
             self._policy = policy  # the atomic swap
             self._loaded_at = time.time()
             self._last_problems = ()
             self.reloads_ok += 1
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            log.info("policy generation %d loaded (%s) from %s: %d identities, %d rules, sha256 %s, %.1f ms",
-                     policy.generation, trigger, self.rules_file, policy.identity_count,
-                     policy.rule_count, policy.source_sha256[:12], elapsed_ms)
-            return ReloadOutcome(True, policy.generation, (), trigger)
+            self.last_reload_ok = True
+            swapped_ms = (time.perf_counter() - started) * 1000
+            # After the swap: checks already run on the new policy meanwhile.
+            kicks = self._kicks(old, policy)
+            self.kicks_total += len(kicks)
+            self.last_reload_seconds = time.perf_counter() - started
+            log.info("policy generation %d loaded (%s) from %s: %d identities, %d rules, sha256 %s, "
+                     "swapped in %.1f ms, %d to kick%s", policy.generation, trigger, self.rules_file,
+                     policy.identity_count, policy.rule_count, policy.source_sha256[:12], swapped_ms,
+                     len(kicks), _some(kicks))
+            if old is not None:
+                swap = PolicySwap(policy.generation, kicks, old.generation)
+                self._history.append(swap)
+                self._notify(swap)
+            return ReloadOutcome(True, policy.generation, (), trigger, kicks)
+
+    def _kicks(self, old: CompiledPolicy | None, new: CompiledPolicy) -> frozenset[str]:
+        if old is None:
+            return frozenset()
+        try:
+            return usernames_to_kick(old, new)
+        except Exception:  # the new policy is in force either way; only the kicks are lost
+            self.kick_errors += 1
+            log.exception("cannot work out whom generation %d takes access from: nobody is "
+                          "disconnected, every check is answered by the new policy", new.generation)
+            return frozenset()
+
+    def add_listener(self, listener: SwapListener) -> None:
+        """Called, under the reload lock and so in generation order, after each swap.
+
+        A listener must not block (queue the event and return) and must not
+        call reload().
+        """
+        with self._listener_lock:
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener: SwapListener) -> None:
+        with self._listener_lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def subscribe(self, listener: SwapListener, known_generation: int = 0) -> tuple[int, frozenset[str] | None]:
+        """add_listener, plus what a returning subscriber missed, in one step.
+
+        Returns the generation in force and every identity kicked by the swaps
+        after `known_generation` — or None when those are not all remembered
+        (too old, or a previous daemon's). Taken under the reload lock, so each
+        swap reaches the subscriber exactly once: in this answer or as an event.
+        """
+        with self._lock:
+            self.add_listener(listener)
+            generation = self._policy.generation if self._policy else 0
+            if known_generation == generation:
+                return generation, frozenset()
+            history = list(self._history)
+            for i, swap in enumerate(history):
+                if swap.previous == known_generation:
+                    return generation, frozenset().union(*(s.kicks for s in history[i:]))
+            return generation, None
+
+    @property
+    def listener_count(self) -> int:
+        return len(self._listeners)
+
+    def _notify(self, swap: PolicySwap) -> None:
+        with self._listener_lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(swap)
+            except Exception:  # one broken subscriber must not stop the others
+                log.exception("policy swap listener failed")
 
     def status(self) -> StoreStatus:
         policy = self._policy
@@ -96,3 +200,11 @@ class PolicyStore:
             identities=policy.identity_count if policy else 0,
             rules=policy.rule_count if policy else 0,
         )
+
+
+def _some(names: frozenset[str], shown: int = 5) -> str:
+    if not names:
+        return ""
+    first = sorted(names)[:shown]
+    more = f" (+{len(names) - shown} more)" if len(names) > shown else ""
+    return ": " + ", ".join(first) + more

@@ -6,21 +6,10 @@ import shutil
 
 import pytest
 
-from harness import PLUGIN_SO, Broker, BrokerConfig, Pki, PolicyDaemon, make_workdir
+from harness import PLUGIN_SO, ROOT, Broker, BrokerConfig, Pki, PolicyDaemon, make_workdir
 
-SEED_RULES = """\
-superusers: [admin]
-users:
-  Device123:
-    - topic: /device/%u/#
-      access: readwrite
-patterns:
-  - topic: /device/%u/#
-    access: readwrite
-anonymous:
-  - topic: public/#
-    access: read
-"""
+# The seed scenario's rules, as shipped to users.
+SEED_RULES = (ROOT / "examples" / "rules.yaml").read_text()
 
 
 def pytest_collection_modifyitems(items):

@@ -29,7 +29,7 @@ bogus: 1
         "rules.yaml:5:18: error: users.D1[1].acces: unknown key 'acces' (expected topic, access)",
         "rules.yaml:7:12: error: patterns[0].topic: pattern 'foo' has no %u or %c: it would apply to every "
         "client alike (put it under a user, a group or anonymous instead)",
-        "rules.yaml:9:1: error: bogus: unknown key 'bogus' (expected superusers, users, groups, patterns, anonymous)",
+        "rules.yaml:9:1: error: bogus: unknown key 'bogus' (expected superusers, users, groups, certificates, patterns, anonymous)",
     ]
 
 
@@ -76,3 +76,23 @@ def test_valid_file_has_hash_and_warnings():
     spec = parse_text(b"anonymous:\n  - {topic: 'x/%u', access: read}\n", "r.yaml")
     assert len(spec.sha256) == 64
     assert [p.severity for p in spec.warnings] == ["warning"]
+
+
+@pytest.mark.parametrize("text", [
+    "users:\n  u: &r [{topic: a, access: read}]\n  v: *r\n",                  # a list reused
+    "users:\n  u:\n    - &m {topic: a, access: read}\n    - *m\n",           # one rule reused
+])
+def test_aliases_are_refused_on_the_fast_path_too(text):
+    assert any("aliases" in p for p in problems(text))
+
+
+@pytest.mark.parametrize("rule, message", [
+    ("{topic: '', access: read}", "empty topic filter"),
+    ("{topic: 'a/b', access: reed}", "unknown access 'reed'"),
+    ("{access: read, topic: 'a+'}", "'+' and '#' must be a whole level"),
+    ("{topic: [a], access: read}", "expected text"),
+    ("{topic: a, access: read, x: 1}", "unknown key 'x'"),
+    ("{topic: a, topic: b}", "duplicate key 'topic'"),
+])
+def test_two_key_rules_that_look_plain_are_still_checked(rule, message):
+    assert any(message in p for p in problems(f"users:\n  u:\n    - {rule}\n")), message

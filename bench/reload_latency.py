@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""How fast a reload reaches the broker, and what a 100,000-identity reload costs.
+
+Part 1, real stack (TLS mosquitto + plugin + `policyd serve --no-watch`):
+  grant:  the rules gain `bench/%u/#` for Probe; from `policyd reload` (the
+          CLI process) returning to the first publish the broker accepts
+          (publishing back to back, QoS 1, so the resolution is one round trip);
+  revoke: the rule goes away again; from `policyd reload` returning to the
+          broker disconnecting Probe (the Watch event, then MOSQ_EVT_TICK);
+  refuse: a `patterns` rule `bench/%u/#` is removed (which kicks nobody);
+          from `policyd reload` returning to the first publish the broker
+          refuses (the shim's cached allow must be dropped by generation).
+Part 2, the daemon alone: Admin.Reload of a rules file with N identities
+  (alternating two files that differ in one identity, so the kick list is
+  computed too), timed over the admin socket, while a thread keeps sending
+  CheckAcl on the broker socket; check latency during reloads is reported
+  next to check latency with no reload running (same run, same daemon).
+
+    .venv/bin/python bench/reload_latency.py [--rounds 10] [--identities 100000] [--reloads 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import shutil
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from harness import (  # noqa: E402
+    Broker,
+    BrokerConfig,
+    Device,
+    Pki,
+    PolicyDaemon,
+    make_workdir,
+    run_policyd,
+)
+
+BASE = """\
+superusers: [admin]
+users:
+  Probe:
+    - topic: /device/%u/#
+      access: readwrite
+"""
+GRANTED = BASE + "    - topic: bench/%u/#\n      access: write\n"
+PATTERN = BASE + "patterns:\n  - topic: bench/%u/#\n    access: write\n"
+
+
+def ms(seconds: float) -> float:
+    return seconds * 1000
+
+
+def summary(values: list[float]) -> str:
+    values = sorted(values)
+    p = lambda q: values[min(len(values) - 1, int(q * len(values)))]
+    return (f"n={len(values)} median {statistics.median(values):.1f} ms, p90 {p(0.9):.1f} ms, "
+            f"max {values[-1]:.1f} ms")
+
+
+def reload_cli(daemon: PolicyDaemon, text: str) -> float:
+    daemon.rules.write_text(text)
+    run_policyd("reload", "--address", daemon.admin_address)
+    return time.perf_counter()
+
+
+def until(predicate, timeout: float = 10.0) -> float:
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        if predicate():
+            return time.perf_counter()
+    raise TimeoutError("not enforced within 10 s")
+
+
+def broker_rounds(rounds: int) -> dict[str, list[float]]:
+    work = make_workdir("policyd-bench-reload-")
+    pki = Pki(work / "pki").issue_base()
+    daemon = PolicyDaemon(work, BASE, "--no-watch").start()
+    broker = Broker(work, pki, daemon, BrokerConfig()).start()
+    out: dict[str, list[float]] = {"grant": [], "revoke": [], "refuse": []}
+    kicked: queue.Queue[float] = queue.Queue()
+    try:
+        for i in range(rounds):
+            probe = Device(broker, "Probe", client_id=f"probe-{i}").connect()
+            assert probe.publish("bench/Probe/t", b"x") != 0
+            t0 = reload_cli(daemon, GRANTED)
+            out["grant"].append(ms(until(lambda: probe.publish("bench/Probe/t", b"x") == 0) - t0))
+            probe.client.on_disconnect = lambda *a: kicked.put(time.perf_counter())
+            t0 = reload_cli(daemon, BASE)
+            # Can be 0: the broker may kick before the CLI process has exited.
+            out["revoke"].append(max(0.0, ms(kicked.get(timeout=10) - t0)))
+            probe.client.loop_stop()
+            fresh = Device(broker, "Probe", client_id=f"probe-fresh-{i}").connect()
+            reload_cli(daemon, PATTERN)
+            until(lambda: fresh.publish("bench/Probe/t", b"x") == 0)
+            fresh.publish("bench/Probe/t", b"x")  # and again: now a cached answer, if there is a cache
+            t0 = reload_cli(daemon, BASE)
+            out["refuse"].append(ms(until(lambda: fresh.publish("bench/Probe/t", b"x") != 0) - t0))
+            assert fresh.disconnects.empty(), "a pattern change must kick nobody"
+            fresh.close()
+    finally:
+        broker.stop()
+        daemon.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def big_rules(n: int, skip: int | None) -> str:
+    lines = ["superusers: [admin]", "users:"]
+    for i in range(n):
+        if i != skip:
+            lines.append(f"  D{i:06d}:\n    - topic: /device/%u/#\n      access: readwrite")
+    return "\n".join(lines) + "\n"
+
+
+class CheckLoad(threading.Thread):
+    """CheckAcl back to back on the broker socket, latencies tagged by phase."""
+
+    def __init__(self, address: str):
+        super().__init__(daemon=True)
+        import grpc
+
+        from policyd.v1 import policy_pb2 as pb
+        from policyd.v1 import policy_pb2_grpc as pb_grpc
+
+        self.channel = grpc.insecure_channel(address)
+        self.stub = pb_grpc.PolicyStub(self.channel)
+        self.request = pb.CheckAclRequest(has_username=True, username=b"D000001", client_id=b"c",
+                                          topic=b"/device/D000001/t", access=pb.ACCESS_WRITE)
+        self.phase = "idle"
+        self.latencies: dict[str, list[float]] = {"idle": [], "reload": []}
+        self.failures = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            phase, t0 = self.phase, time.perf_counter()
+            try:
+                self.stub.CheckAcl(self.request, timeout=5)
+            except Exception:
+                self.failures += 1
+                continue
+            self.latencies[phase].append(ms(time.perf_counter() - t0))
+
+
+def daemon_reloads(identities: int, reloads: int) -> dict:
+    import grpc
+
+    from policyd.v1 import policy_pb2 as pb
+    from policyd.v1 import policy_pb2_grpc as pb_grpc
+
+    work = make_workdir("policyd-bench-big-")
+    files = [big_rules(identities, None), big_rules(identities, 7)]
+    daemon = PolicyDaemon(work, files[0], "--no-watch", "--log-level", "info").start(timeout=120)
+    load = CheckLoad(daemon.address)
+    times = []
+    try:
+        admin = pb_grpc.AdminStub(grpc.insecure_channel(daemon.admin_address))
+        load.start()
+        time.sleep(2.0)  # idle baseline
+        for i in range(reloads):
+            daemon.rules.write_text(files[(i + 1) % 2])
+            load.phase = "reload"
+            t0 = time.perf_counter()
+            answer = admin.Reload(pb.ReloadRequest(), timeout=120)
+            times.append(ms(time.perf_counter() - t0))
+            load.phase = "idle"
+            assert answer.ok, answer
+            time.sleep(1.0)
+    finally:
+        load.stop.set()
+        load.join(timeout=10)
+        daemon.stop()
+        swaps = [line for line in daemon.log().splitlines() if "loaded (rpc)" in line]
+        shutil.rmtree(work, ignore_errors=True)
+    return {"reload_ms": times, "checks": load.latencies, "failures": load.failures, "log": swaps[-1:]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--identities", type=int, default=100_000)
+    ap.add_argument("--reloads", type=int, default=5)
+    ap.add_argument("--daemon-only", action="store_true", help="part 2 only")
+    args = ap.parse_args()
+
+    if not args.daemon_only:
+        part1(args.rounds)
+    print(f"Part 2: daemon, {args.identities:,} identities, {args.reloads} reloads (target < 1000 ms)")
+    big = daemon_reloads(args.identities, args.reloads)
+    print(f"  Admin.Reload       {summary(big['reload_ms'])}")
+    print(f"  CheckAcl, idle     {summary(big['checks']['idle'])}")
+    print(f"  CheckAcl, reloading {summary(big['checks']['reload'])}  (failed: {big['failures']})")
+    for line in big["log"]:
+        print(f"  daemon log: {line.split(': ', 1)[-1]}")
+    return 0
+
+
+def part1(rounds: int) -> None:
+    print(f"Part 1: real stack, {rounds} rounds (target: enforced < 200 ms after `policyd reload` returns)")
+    for name, values in broker_rounds(rounds).items():
+        print(f"  {name:7} {summary(values)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

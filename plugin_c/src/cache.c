@@ -1,0 +1,591 @@
+/*
+ * Decision cache (see cache.h). Two fixed-size chained hash tables keyed
+ * with a per-process random SipHash key, so hostile identities or topics
+ * cannot be chosen to pile into one bucket:
+ *   clients: (anonymous?, username, client id) -> struct cache_client
+ *   entries: (client, access, topic)           -> struct cache_entry
+ * A client owns its entries (exact and scoped) and is freed with the last
+ * of them. Every entry is also on one insertion-ordered list, whose head is
+ * what gets evicted when the cache is full.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cache.h"
+#include "topic_match.h"
+
+struct cache_client;
+
+struct cache_entry {
+	struct cache_entry *hnext;          /* entry bucket chain (exact entries only) */
+	struct cache_entry *older, *newer;  /* insertion order, all entries */
+	struct cache_entry *cprev, *cnext;  /* this client's entries */
+	struct cache_client *client;
+	uint64_t hash;
+	uint64_t generation;
+	int64_t expires_ms;
+	uint8_t slot;                       /* access slot, 0..CACHE_ACCESS_SLOTS-1 */
+	bool scoped;                        /* text is a filter, not a topic */
+	bool allow;
+	size_t text_len;
+	char text[];
+};
+
+struct cache_client {
+	struct cache_client *hnext;
+	uint64_t hash;
+	uint64_t serial;                    /* mixed into entry hashes */
+	size_t entry_count;
+	struct cache_entry *entries;
+	struct cache_entry *scopes[CACHE_ACCESS_SLOTS][CACHE_SCOPES_PER_ACCESS];
+	bool anonymous;
+	size_t username_len;
+	size_t client_id_len;
+	char key[];                         /* username bytes, then client id bytes */
+};
+
+struct cache {
+	size_t capacity;
+	size_t count;
+	uint64_t evictions;
+	uint64_t next_serial;
+	uint64_t k0, k1;
+	size_t mask;                        /* bucket count - 1 (both tables) */
+	struct cache_entry **entry_buckets;
+	struct cache_client **client_buckets;
+	struct cache_entry *oldest, *newest;
+};
+
+
+/* ------------------------------------------------------------- hashing */
+
+#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND do { \
+		v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32); \
+		v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2; \
+		v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0; \
+		v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32); \
+	} while(0)
+
+/* SipHash-1-3: fast, and keyed so bucket positions cannot be predicted. */
+static uint64_t siphash13(uint64_t k0, uint64_t k1, const void *data, size_t len)
+{
+	const unsigned char *p = data;
+	uint64_t v0 = 0x736f6d6570736575ULL ^ k0, v1 = 0x646f72616e646f6dULL ^ k1;
+	uint64_t v2 = 0x6c7967656e657261ULL ^ k0, v3 = 0x7465646279746573ULL ^ k1;
+	uint64_t b = (uint64_t)len << 56, m;
+	size_t i, left = len & 7;
+
+	for(i = 0; i + 8 <= len; i += 8){
+		memcpy(&m, p + i, 8);
+		v3 ^= m; SIPROUND; v0 ^= m;
+	}
+	for(size_t j = 0; j < left; j++){
+		b |= (uint64_t)p[i + j] << (8 * j);
+	}
+	v3 ^= b; SIPROUND; v0 ^= b;
+	v2 ^= 0xff; SIPROUND; SIPROUND; SIPROUND;
+	return v0 ^ v1 ^ v2 ^ v3;
+}
+
+
+static uint64_t mix64(uint64_t x)
+{
+	x ^= x >> 33; x *= 0xff51afd7ed558ccdULL;
+	x ^= x >> 33; x *= 0xc4ceb9fe1a85ec53ULL;
+	return x ^ (x >> 33);
+}
+
+
+/* Each field hashed on its own (lengths are part of SipHash's input), then
+ * combined: no two different tuples are one byte string. */
+static uint64_t client_hash(const struct cache *c, const struct cache_identity *id)
+{
+	uint64_t hu = id->username ? siphash13(c->k0, c->k1, id->username, id->username_len) : 0x5a5a;
+	uint64_t hc = siphash13(c->k1, c->k0, id->client_id, id->client_id_len);
+
+	return mix64(hu ^ mix64(hc + (id->username ? 1 : 2)));
+}
+
+
+static uint64_t entry_hash(const struct cache *c, const struct cache_client *client, int slot,
+		const char *topic, size_t topic_len)
+{
+	return mix64(siphash13(c->k0, c->k1, topic, topic_len) ^ mix64(client->serial * 8 + (uint64_t)slot));
+}
+
+
+static void random_key(uint64_t *k0, uint64_t *k1)
+{
+	uint64_t k[2];
+
+	if(getrandom(k, sizeof(k), GRND_NONBLOCK) != (ssize_t)sizeof(k)){
+		struct timespec ts;
+
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		k[0] = mix64((uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 32));
+		k[1] = mix64((uint64_t)ts.tv_sec ^ (uint64_t)(uintptr_t)k);
+	}
+	*k0 = k[0];
+	*k1 = k[1];
+}
+
+
+/* MOSQ_ACL_READ/WRITE/SUBSCRIBE/UNSUBSCRIBE (1, 2, 4, 8) -> 0..3, else -1. */
+static int access_slot(int access)
+{
+	switch(access){
+		case 1: return 0;
+		case 2: return 1;
+		case 4: return 2;
+		case 8: return 3;
+	}
+	return -1;
+}
+
+
+/* ----------------------------------------------------------- lifecycle */
+
+struct cache *cache_create(size_t capacity)
+{
+	struct cache *c = calloc(1, sizeof(*c));
+	size_t buckets = 16;
+
+	if(c == NULL){
+		return NULL;
+	}
+	c->capacity = capacity;
+	c->next_serial = 1;
+	random_key(&c->k0, &c->k1);
+	while(buckets < capacity){
+		buckets <<= 1;
+	}
+	c->mask = buckets - 1;
+	if(capacity > 0){
+		c->entry_buckets = calloc(buckets, sizeof(*c->entry_buckets));
+		c->client_buckets = calloc(buckets, sizeof(*c->client_buckets));
+		if(c->entry_buckets == NULL || c->client_buckets == NULL){
+			cache_destroy(c);
+			return NULL;
+		}
+	}
+	return c;
+}
+
+
+static void entry_remove(struct cache *c, struct cache_entry *e, bool keep_client);
+
+void cache_destroy(struct cache *c)
+{
+	if(c == NULL){
+		return;
+	}
+	while(c->oldest){
+		entry_remove(c, c->oldest, false);
+	}
+	free(c->entry_buckets);
+	free(c->client_buckets);
+	free(c);
+}
+
+
+size_t cache_entries(const struct cache *c)
+{
+	return c ? c->count : 0;
+}
+
+
+size_t cache_capacity(const struct cache *c)
+{
+	return c ? c->capacity : 0;
+}
+
+
+uint64_t cache_evictions(const struct cache *c)
+{
+	return c ? c->evictions : 0;
+}
+
+
+/* ------------------------------------------------------------- clients */
+
+static bool client_is(const struct cache_client *cl, uint64_t hash, const struct cache_identity *id)
+{
+	return cl->hash == hash
+			&& cl->anonymous == (id->username == NULL)
+			&& cl->username_len == (id->username ? id->username_len : 0)
+			&& cl->client_id_len == id->client_id_len
+			&& memcmp(cl->key, id->username ? id->username : "", cl->username_len) == 0
+			&& memcmp(cl->key + cl->username_len, id->client_id, id->client_id_len) == 0;
+}
+
+
+static struct cache_client *client_find(struct cache *c, const struct cache_identity *id, uint64_t hash)
+{
+	struct cache_client *cl;
+
+	for(cl = c->client_buckets[hash & c->mask]; cl; cl = cl->hnext){
+		if(client_is(cl, hash, id)){
+			return cl;
+		}
+	}
+	return NULL;
+}
+
+
+static struct cache_client *client_add(struct cache *c, const struct cache_identity *id, uint64_t hash)
+{
+	size_t ulen = id->username ? id->username_len : 0;
+	struct cache_client *cl = calloc(1, sizeof(*cl) + ulen + id->client_id_len);
+	struct cache_client **bucket = &c->client_buckets[hash & c->mask];
+
+	if(cl == NULL){
+		return NULL;
+	}
+	cl->hash = hash;
+	cl->serial = c->next_serial++;
+	cl->anonymous = id->username == NULL;
+	cl->username_len = ulen;
+	cl->client_id_len = id->client_id_len;
+	if(ulen){
+		memcpy(cl->key, id->username, ulen);
+	}
+	if(id->client_id_len){
+		memcpy(cl->key + ulen, id->client_id, id->client_id_len);
+	}
+	cl->hnext = *bucket;
+	*bucket = cl;
+	return cl;
+}
+
+
+static void client_free(struct cache *c, struct cache_client *cl)
+{
+	struct cache_client **pp = &c->client_buckets[cl->hash & c->mask];
+
+	while(*pp && *pp != cl){
+		pp = &(*pp)->hnext;
+	}
+	if(*pp){
+		*pp = cl->hnext;
+	}
+	free(cl);
+}
+
+
+/* ------------------------------------------------------------- entries */
+
+static void entry_unlink_hash(struct cache *c, struct cache_entry *e)
+{
+	struct cache_entry **pp = &c->entry_buckets[e->hash & c->mask];
+
+	while(*pp && *pp != e){
+		pp = &(*pp)->hnext;
+	}
+	if(*pp){
+		*pp = e->hnext;
+	}
+}
+
+
+static void entry_unlink_scope(struct cache_entry *e)
+{
+	struct cache_entry **scopes = e->client->scopes[e->slot];
+	int i;
+
+	for(i = 0; i < CACHE_SCOPES_PER_ACCESS; i++){
+		if(scopes[i] == e){
+			scopes[i] = NULL;
+		}
+	}
+}
+
+
+static void entry_unlink_order(struct cache *c, struct cache_entry *e)
+{
+	if(e->older) e->older->newer = e->newer; else c->oldest = e->newer;
+	if(e->newer) e->newer->older = e->older; else c->newest = e->older;
+	e->older = e->newer = NULL;
+}
+
+
+static void entry_link_order(struct cache *c, struct cache_entry *e)
+{
+	e->older = c->newest;
+	e->newer = NULL;
+	if(c->newest) c->newest->newer = e; else c->oldest = e;
+	c->newest = e;
+}
+
+
+/* Frees e; frees its client too when that was its last entry, unless
+ * keep_client (the caller is about to add another). */
+static void entry_remove(struct cache *c, struct cache_entry *e, bool keep_client)
+{
+	struct cache_client *cl = e->client;
+
+	if(e->scoped){
+		entry_unlink_scope(e);
+	}else{
+		entry_unlink_hash(c, e);
+	}
+	entry_unlink_order(c, e);
+	if(e->cprev) e->cprev->cnext = e->cnext; else cl->entries = e->cnext;
+	if(e->cnext) e->cnext->cprev = e->cprev;
+	cl->entry_count--;
+	c->count--;
+	free(e);
+	if(cl->entry_count == 0 && !keep_client){
+		client_free(c, cl);
+	}
+}
+
+
+static struct cache_entry *entry_find(struct cache *c, const struct cache_client *cl, int slot,
+		const char *topic, size_t topic_len)
+{
+	uint64_t hash = entry_hash(c, cl, slot, topic, topic_len);
+	struct cache_entry *e;
+
+	for(e = c->entry_buckets[hash & c->mask]; e; e = e->hnext){
+		if(e->hash == hash && e->client == cl && e->slot == slot && e->text_len == topic_len
+				&& memcmp(e->text, topic, topic_len) == 0){
+			return e;
+		}
+	}
+	return NULL;
+}
+
+
+static struct cache_entry *entry_new(struct cache_client *cl, int slot, bool scoped,
+		const char *text, size_t text_len)
+{
+	struct cache_entry *e = calloc(1, sizeof(*e) + text_len);
+
+	if(e == NULL){
+		return NULL;
+	}
+	e->client = cl;
+	e->slot = (uint8_t)slot;
+	e->scoped = scoped;
+	e->text_len = text_len;
+	memcpy(e->text, text, text_len);
+	e->cnext = cl->entries;
+	if(cl->entries) cl->entries->cprev = e;
+	cl->entries = e;
+	cl->entry_count++;
+	return e;
+}
+
+
+static bool entry_usable(const struct cache_entry *e, uint64_t generation, int64_t now_ms, bool allow_expired)
+{
+	return e->generation == generation && (allow_expired || now_ms < e->expires_ms);
+}
+
+
+/* -------------------------------------------------------------- lookup */
+
+static struct cache_entry *scope_match(struct cache_client *cl, int slot, const char *topic,
+		size_t topic_len, uint64_t generation, int64_t now_ms, bool allow_expired)
+{
+	int i;
+
+	for(i = 0; i < CACHE_SCOPES_PER_ACCESS; i++){
+		struct cache_entry *e = cl->scopes[slot][i];
+
+		if(e && entry_usable(e, generation, now_ms, allow_expired)
+				&& topic_filter_matches(e->text, e->text_len, topic, topic_len)){
+			return e;
+		}
+	}
+	return NULL;
+}
+
+
+enum cache_lookup cache_lookup(struct cache *c, const struct cache_identity *id, int access,
+		const char *topic, size_t topic_len, uint64_t generation, int64_t now_ms,
+		bool allow_expired, struct cache_answer *out)
+{
+	struct cache_client *cl;
+	struct cache_entry *e;
+	int slot = access_slot(access);
+
+	if(c == NULL || c->capacity == 0 || slot < 0 || c->count == 0){
+		return CACHE_MISS;
+	}
+	cl = client_find(c, id, client_hash(c, id));
+	if(cl == NULL){
+		return CACHE_MISS;
+	}
+	e = entry_find(c, cl, slot, topic, topic_len);
+	if(e && !entry_usable(e, generation, now_ms, allow_expired)){
+		e = NULL;
+	}
+	if(e == NULL){
+		e = scope_match(cl, slot, topic, topic_len, generation, now_ms, allow_expired);
+	}
+	if(e == NULL){
+		return CACHE_MISS;
+	}
+	out->allow = e->allow;
+	out->generation = e->generation;
+	return CACHE_HIT;
+}
+
+
+/* --------------------------------------------------------------- store */
+
+static struct cache_entry *scope_find(struct cache_client *cl, int slot, const char *scope, size_t len)
+{
+	int i;
+
+	for(i = 0; i < CACHE_SCOPES_PER_ACCESS; i++){
+		struct cache_entry *e = cl->scopes[slot][i];
+
+		if(e && e->text_len == len && memcmp(e->text, scope, len) == 0){
+			return e;
+		}
+	}
+	return NULL;
+}
+
+
+/* An empty scope slot for cl, freeing the soonest-expiring one if all are
+ * taken (cl keeps at least the entry about to be added). */
+static int scope_slot_free(struct cache *c, struct cache_client *cl, int slot)
+{
+	struct cache_entry **scopes = cl->scopes[slot];
+	int i, victim = 0;
+
+	for(i = 0; i < CACHE_SCOPES_PER_ACCESS; i++){
+		if(scopes[i] == NULL){
+			return i;
+		}
+		if(scopes[i]->expires_ms < scopes[victim]->expires_ms){
+			victim = i;
+		}
+	}
+	entry_remove(c, scopes[victim], true);
+	c->evictions++;
+	return victim;
+}
+
+
+static void entry_set(struct cache *c, struct cache_entry *e, const struct cache_answer *answer,
+		int64_t expires_ms)
+{
+	e->allow = answer->allow;
+	e->generation = answer->generation;
+	e->expires_ms = expires_ms;
+	/* a fresh answer from the daemon: now the newest entry */
+	entry_unlink_order(c, e);
+	entry_link_order(c, e);
+}
+
+
+static struct cache_entry *existing_entry(struct cache *c, const struct cache_identity *id, int slot,
+		const char *text, size_t len, bool scoped)
+{
+	struct cache_client *cl = client_find(c, id, client_hash(c, id));
+
+	if(cl == NULL){
+		return NULL;
+	}
+	return scoped ? scope_find(cl, slot, text, len) : entry_find(c, cl, slot, text, len);
+}
+
+
+void cache_store(struct cache *c, const struct cache_identity *id, int access,
+		const char *topic, size_t topic_len, const char *scope, size_t scope_len,
+		const struct cache_answer *answer, int64_t expires_ms)
+{
+	int slot = access_slot(access);
+	bool scoped = scope != NULL && scope_len > 0;
+	const char *text = scoped ? scope : topic;
+	size_t len = scoped ? scope_len : topic_len;
+	struct cache_client *cl;
+	struct cache_entry *e;
+	uint64_t hash;
+
+	if(c == NULL || c->capacity == 0 || slot < 0 || text == NULL){
+		return;
+	}
+	e = existing_entry(c, id, slot, text, len, scoped);
+	if(e){
+		entry_set(c, e, answer, expires_ms);
+		return;
+	}
+	while(c->count >= c->capacity && c->oldest){
+		entry_remove(c, c->oldest, false);
+		c->evictions++;
+	}
+	hash = client_hash(c, id);
+	cl = client_find(c, id, hash);
+	if(cl == NULL && (cl = client_add(c, id, hash)) == NULL){
+		return;
+	}
+	int scope_index = scoped ? scope_slot_free(c, cl, slot) : -1;
+	e = entry_new(cl, slot, scoped, text, len);
+	if(e == NULL){
+		if(cl->entry_count == 0){
+			client_free(c, cl);
+		}
+		return;
+	}
+	c->count++;
+	if(scoped){
+		cl->scopes[slot][scope_index] = e;
+	}else{
+		struct cache_entry **bucket;
+
+		e->hash = entry_hash(c, cl, slot, text, len);
+		bucket = &c->entry_buckets[e->hash & c->mask];
+		e->hnext = *bucket;
+		*bucket = e;
+	}
+	entry_link_order(c, e);
+	e->allow = answer->allow;
+	e->generation = answer->generation;
+	e->expires_ms = expires_ms;
+}
+
+
+/* ---------------------------------------------------------- invalidation */
+
+void cache_drop_client(struct cache *c, const struct cache_identity *id)
+{
+	struct cache_client *cl;
+
+	if(c == NULL || c->capacity == 0 || c->count == 0){
+		return;
+	}
+	cl = client_find(c, id, client_hash(c, id));
+	while(cl && cl->entries){
+		bool last = cl->entry_count == 1;
+
+		entry_remove(c, cl->entries, false);
+		if(last){
+			break; /* cl was freed with its last entry */
+		}
+	}
+}
+
+
+void cache_flush_generation(struct cache *c, uint64_t generation)
+{
+	struct cache_entry *e, *newer;
+
+	if(c == NULL){
+		return;
+	}
+	for(e = c->oldest; e; e = newer){
+		newer = e->newer;
+		if(e->generation != generation){
+			entry_remove(c, e, false);
+		}
+	}
+}

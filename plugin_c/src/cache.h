@@ -1,0 +1,76 @@
+/*
+ * The shim's decision cache: daemon answers (allow and deny) keyed by the
+ * exact (anonymous?, username, client id, access, topic) tuple, plus
+ * "scoped" answers that hold for every topic under a filter the daemon
+ * proved (CheckAclResponse.cache_scope).
+ *
+ * Owned and used by the broker's main thread only (checks, disconnects and
+ * ticks all run there), so it takes no lock at all; the only value shared
+ * with other threads is the policy generation, which callers pass in.
+ *
+ * Bounded: at most `capacity` entries (exact + scoped); when full the oldest
+ * inserted entry is evicted. Entries are never refreshed by a hit: an answer
+ * lives at most its TTL from the moment the daemon gave it.
+ */
+#ifndef POLICYD_CACHE_H
+#define POLICYD_CACHE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Scoped entries kept per client and access; the oldest is replaced. */
+#define CACHE_SCOPES_PER_ACCESS 8
+#define CACHE_ACCESS_SLOTS 4   /* read, write, subscribe, unsubscribe */
+
+struct cache;
+
+/* Who is asking: the client part of every key. username NULL = anonymous. */
+struct cache_identity {
+	const char *username;
+	size_t username_len;
+	const char *client_id;
+	size_t client_id_len;
+};
+
+struct cache_answer {
+	bool allow;
+	uint64_t generation;
+};
+
+enum cache_lookup {
+	CACHE_MISS,
+	CACHE_HIT,        /* fresh answer of the current generation */
+};
+
+/* capacity 0 disables the cache (every call then misses / does nothing).
+ * Returns NULL only when out of memory. */
+struct cache *cache_create(size_t capacity);
+void cache_destroy(struct cache *cache);
+
+/* Looks up `topic` for this identity and access (a MOSQ_ACL_* value):
+ * first the exact entry, then the client's scoped filters. Entries of a
+ * generation other than `generation` are never returned (and are freed);
+ * with allow_expired, an expired entry of the current generation is
+ * returned too (for on_error stale). */
+enum cache_lookup cache_lookup(struct cache *cache, const struct cache_identity *id, int access,
+		const char *topic, size_t topic_len, uint64_t generation, int64_t now_ms,
+		bool allow_expired, struct cache_answer *out);
+
+/* Stores an answer valid until expires_ms. scope NULL: for this topic only;
+ * otherwise for every topic the filter `scope` matches. */
+void cache_store(struct cache *cache, const struct cache_identity *id, int access,
+		const char *topic, size_t topic_len, const char *scope, size_t scope_len,
+		const struct cache_answer *answer, int64_t expires_ms);
+
+/* Drops every entry of this client (MOSQ_EVT_DISCONNECT). */
+void cache_drop_client(struct cache *cache, const struct cache_identity *id);
+
+/* Drops every entry whose generation is not `generation`. */
+void cache_flush_generation(struct cache *cache, uint64_t generation);
+
+size_t cache_entries(const struct cache *cache);
+size_t cache_capacity(const struct cache *cache);
+uint64_t cache_evictions(const struct cache *cache);
+
+#endif

@@ -1,0 +1,80 @@
+#include <inttypes.h>
+#include <string.h>
+
+#include <mosquitto.h>
+
+#include "plugin_state.h"
+#include "stats.h"
+
+static uint64_t errors_total(const struct policyd_counters *c)
+{
+	uint64_t sum = 0;
+	int i;
+
+	for(i = 0; i < POLICY_ERR__COUNT; i++){
+		sum += c->errors[i];
+	}
+	return sum;
+}
+
+
+void stats_fill(const struct policyd_plugin *plugin, struct policy_shim_stats *out)
+{
+	const struct policyd_counters *c = &plugin->counters;
+
+	memset(out, 0, sizeof(*out));
+	out->broker_id = plugin->config.broker_id;
+	out->checks = c->checks;
+	out->allowed = c->allowed;
+	out->denied = c->denied;
+	out->errors = errors_total(c) + c->rejected + c->breaker_rejected;
+	out->cache_hits = c->cache_hits;
+	out->cache_misses = c->cache_misses;
+	out->cache_entries = cache_entries(plugin->cache);
+	out->stale_served = c->stale_served;
+	out->breaker_opens = plugin->breaker.opens;
+	out->breaker_open = plugin->breaker.state != BREAKER_CLOSED;
+}
+
+
+void stats_log(const struct policyd_plugin *plugin)
+{
+	const struct policyd_counters *c = &plugin->counters;
+
+	plog(MOSQ_LOG_INFO, "checks=%" PRIu64 " allowed=%" PRIu64 " denied=%" PRIu64
+			" rejected=%" PRIu64 " cache: hits=%" PRIu64 " misses=%" PRIu64 " entries=%zu/%zu"
+			" evictions=%" PRIu64 " stale=%" PRIu64 " breaker: %s opens=%" PRIu64
+			" skipped=%" PRIu64 " errors: unavailable=%" PRIu64 " deadline=%" PRIu64
+			" status=%" PRIu64 " protocol=%" PRIu64 " internal=%" PRIu64,
+			c->checks, c->allowed, c->denied, c->rejected,
+			c->cache_hits, c->cache_misses, cache_entries(plugin->cache),
+			cache_capacity(plugin->cache), cache_evictions(plugin->cache), c->stale_served,
+			breaker_state_name(plugin->breaker.state), plugin->breaker.opens,
+			c->breaker_rejected,
+			c->errors[POLICY_ERR_UNAVAILABLE], c->errors[POLICY_ERR_DEADLINE],
+			c->errors[POLICY_ERR_STATUS], c->errors[POLICY_ERR_PROTOCOL],
+			c->errors[POLICY_ERR_INTERNAL]);
+}
+
+
+void stats_on_tick(struct policyd_plugin *plugin, int64_t now_ms)
+{
+	struct policy_shim_stats st;
+	int64_t interval_ms = (int64_t)plugin->config.stats_interval_s * 1000;
+
+	if(interval_ms <= 0){
+		return;
+	}
+	if(plugin->stats_next_ms == 0){
+		plugin->stats_next_ms = now_ms + interval_ms;
+		return;
+	}
+	if(now_ms < plugin->stats_next_ms){
+		return;
+	}
+	plugin->stats_next_ms = now_ms + interval_ms;
+	stats_log(plugin);
+	stats_fill(plugin, &st);
+	/* Skipped (not queued) while the previous report is still in flight. */
+	(void)policy_client_report_stats(plugin->client, &st);
+}

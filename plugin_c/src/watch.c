@@ -1,0 +1,695 @@
+/*
+ * Policy.Watch on a background thread; kicks on the broker's main thread.
+ *
+ * Threading: the watch thread owns the channel's completion queue and the
+ * current call. `lock` guards everything the two threads share: the kick
+ * queue, the counters, the stream state for logging, `stopping` and `call`
+ * (so that watch_destroy() can cancel a stream the thread is blocked on).
+ *
+ * The stream uses wait-for-ready: while policyd is down the call waits for
+ * the channel (which reconnects with a short backoff) instead of failing.
+ * A stream that ends anyway (daemon restart, an error status) is opened
+ * again after a backoff of 100 ms doubling to 5 s, reset by any event.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/slice.h>
+#include <grpc/status.h>
+#include <grpc/support/time.h>
+
+#include <mosquitto.h>
+#include <mosquitto_broker.h>
+
+#include "logging.h"
+#include "policyd/v1/policy.pb-c.h"
+#include "watch.h"
+
+#define WATCH_METHOD "/policyd.v1.Policy/Watch"
+#define USER_AGENT "mosquitto-policyd-watch/0.1"
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+/* The daemon splits kick lists into events of 500 names; this leaves room. */
+#define MAX_EVENT_BYTES (4 * 1024 * 1024)
+/* Kicks waiting for the main thread; beyond this they are dropped and
+ * counted (the dropped clients still get every check answered by the new
+ * generation, they only keep their session). */
+#define KICK_QUEUE_MAX 65536
+/* Kicks per tick, so that a mass revocation never stalls the broker loop. */
+#define KICKS_PER_TICK 1000
+#define MAX_USERNAME_LEN 65535
+#define STATUS_TEXT_MAX 160
+
+struct kick_queue {
+	char **names;       /* ring of KICK_QUEUE_MAX strdup'd names */
+	size_t head;
+	size_t count;
+};
+
+/* What the main thread logs; written by the watch thread under lock. */
+struct stream_state {
+	bool connected;
+	unsigned long opened;                /* streams that delivered their first event */
+	uint64_t generation;                 /* last event's generation */
+	unsigned long losses;                /* streams that ended after connecting */
+	char last_status[STATUS_TEXT_MAX];   /* why the last stream ended */
+};
+
+struct policyd_watch {
+	pthread_mutex_t lock;
+	pthread_cond_t wake;
+	pthread_t thread;
+	bool thread_running;
+	bool stopping;                       /* under lock */
+	grpc_call *call;                     /* under lock: the open stream, if any */
+
+	grpc_channel *channel;
+	grpc_completion_queue *cq;
+	grpc_slice method;
+	char *broker_id;
+	_Atomic uint64_t *generation;
+
+	struct kick_queue queue;             /* under lock */
+	struct watch_stats stats;            /* under lock */
+	struct stream_state state;           /* under lock */
+
+	/* Main thread only. */
+	struct stream_state logged;
+	struct log_limiter kick_log;
+	struct log_limiter drop_log;
+	struct log_limiter bad_log;
+	uint64_t dropped_logged;
+	uint64_t bad_logged;
+};
+
+/* Tags of the stream's three kinds of batch. */
+struct stream_ops {
+	int start;
+	int message;
+	int status;
+};
+
+
+/* ------------------------------------------------------------ kick queue */
+
+static bool username_usable(const uint8_t *data, size_t len)
+{
+	/* Never an empty name: mosquitto_kick_client_by_username(NULL) would
+	 * disconnect every anonymous client. A NUL would cut the name short. */
+	return len > 0 && len <= MAX_USERNAME_LEN && memchr(data, '\0', len) == NULL;
+}
+
+
+/* Under lock. */
+static void kick_enqueue(struct policyd_watch *w, const uint8_t *data, size_t len)
+{
+	char *name;
+
+	if(!username_usable(data, len) || w->queue.count == KICK_QUEUE_MAX){
+		w->stats.kicks_dropped++;
+		return;
+	}
+	name = malloc(len + 1);
+	if(name == NULL){
+		w->stats.kicks_dropped++;
+		return;
+	}
+	memcpy(name, data, len);
+	name[len] = '\0';
+	w->queue.names[(w->queue.head + w->queue.count) % KICK_QUEUE_MAX] = name;
+	w->queue.count++;
+	w->stats.kicks_queued++;
+}
+
+
+/* Under lock: moves up to `max` names into out[]. */
+static size_t kick_dequeue(struct policyd_watch *w, char **out, size_t max)
+{
+	size_t n = 0;
+
+	while(n < max && w->queue.count > 0){
+		out[n++] = w->queue.names[w->queue.head];
+		w->queue.head = (w->queue.head + 1) % KICK_QUEUE_MAX;
+		w->queue.count--;
+	}
+	return n;
+}
+
+
+/* ------------------------------------------------------------- events */
+
+static void generation_raise(_Atomic uint64_t *generation, uint64_t seen)
+{
+	uint64_t cur = atomic_load(generation);
+
+	while(seen > cur && !atomic_compare_exchange_weak(generation, &cur, seen)){
+	}
+}
+
+
+static bool event_apply(struct policyd_watch *w, grpc_byte_buffer *buf)
+{
+	Policyd__V1__PolicyEvent *ev;
+	grpc_byte_buffer_reader reader;
+	grpc_slice flat;
+	size_t i;
+
+	if(!grpc_byte_buffer_reader_init(&reader, buf)){
+		pthread_mutex_lock(&w->lock);
+		w->stats.bad_events++;
+		pthread_mutex_unlock(&w->lock);
+		return false;
+	}
+	flat = grpc_byte_buffer_reader_readall(&reader);
+	grpc_byte_buffer_reader_destroy(&reader);
+	ev = policyd__v1__policy_event__unpack(NULL, GRPC_SLICE_LENGTH(flat), GRPC_SLICE_START_PTR(flat));
+	grpc_slice_unref(flat);
+	if(ev == NULL){
+		pthread_mutex_lock(&w->lock);
+		w->stats.bad_events++;
+		pthread_mutex_unlock(&w->lock);
+		return false;
+	}
+	/* The generation first: a kicked client that reconnects at once must
+	 * not be answered from a cache of the old generation. */
+	generation_raise(w->generation, ev->generation);
+	pthread_mutex_lock(&w->lock);
+	w->stats.events++;
+	if(!w->state.connected){
+		w->state.opened++;
+	}
+	w->state.connected = true;
+	w->state.generation = ev->generation;
+	for(i = 0; i < ev->n_kick_usernames; i++){
+		kick_enqueue(w, ev->kick_usernames[i].data, ev->kick_usernames[i].len);
+	}
+	pthread_mutex_unlock(&w->lock);
+	policyd__v1__policy_event__free_unpacked(ev, NULL);
+	return true;
+}
+
+
+/* --------------------------------------------------------------- stream */
+
+/* known_generation: the last generation a stream delivered (0: none), so
+ * that the daemon replays the kicks of reloads this broker missed. Not the
+ * shared generation: a check answer may have raised that without its kicks. */
+static grpc_byte_buffer *encode_request(const char *broker_id, uint64_t known_generation)
+{
+	Policyd__V1__WatchRequest msg = POLICYD__V1__WATCH_REQUEST__INIT;
+	grpc_byte_buffer *buf;
+	grpc_slice slice;
+	size_t len;
+
+	msg.broker_id = (char *)broker_id;
+	msg.known_generation = known_generation;
+	len = policyd__v1__watch_request__get_packed_size(&msg);
+	slice = grpc_slice_malloc(len);
+	policyd__v1__watch_request__pack(&msg, GRPC_SLICE_START_PTR(slice));
+	buf = grpc_raw_byte_buffer_create(&slice, 1);
+	grpc_slice_unref(slice);
+	return buf;
+}
+
+
+/* Registers the call so watch_destroy() can cancel it; NULL when stopping. */
+static grpc_call *stream_call_create(struct policyd_watch *w)
+{
+	grpc_call *call = NULL;
+
+	pthread_mutex_lock(&w->lock);
+	if(!w->stopping){
+		call = grpc_channel_create_call(w->channel, NULL, GRPC_PROPAGATE_DEFAULTS, w->cq,
+				w->method, NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+		w->call = call;
+	}
+	pthread_mutex_unlock(&w->lock);
+	return call;
+}
+
+
+static bool stream_start(grpc_call *call, grpc_byte_buffer *request, grpc_metadata_array *initial_md,
+		struct stream_ops *tags)
+{
+	grpc_op ops[4];
+
+	memset(ops, 0, sizeof(ops));
+	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+	ops[0].flags = GRPC_INITIAL_METADATA_WAIT_FOR_READY;
+	ops[1].op = GRPC_OP_SEND_MESSAGE;
+	ops[1].data.send_message.send_message = request;
+	ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+	ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+	ops[3].data.recv_initial_metadata.recv_initial_metadata = initial_md;
+	return grpc_call_start_batch(call, ops, 4, &tags->start, NULL) == GRPC_CALL_OK;
+}
+
+
+static bool stream_recv_status(grpc_call *call, grpc_metadata_array *trailing_md,
+		grpc_status_code *status, grpc_slice *details, struct stream_ops *tags)
+{
+	grpc_op op;
+
+	memset(&op, 0, sizeof(op));
+	op.op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+	op.data.recv_status_on_client.trailing_metadata = trailing_md;
+	op.data.recv_status_on_client.status = status;
+	op.data.recv_status_on_client.status_details = details;
+	return grpc_call_start_batch(call, &op, 1, &tags->status, NULL) == GRPC_CALL_OK;
+}
+
+
+static bool stream_recv_message(grpc_call *call, grpc_byte_buffer **buf, struct stream_ops *tags)
+{
+	grpc_op op;
+
+	memset(&op, 0, sizeof(op));
+	op.op = GRPC_OP_RECV_MESSAGE;
+	op.data.recv_message.recv_message = buf;
+	return grpc_call_start_batch(call, &op, 1, &tags->message, NULL) == GRPC_CALL_OK;
+}
+
+
+/* Waits for one batch of this call to complete; returns its tag. The queue
+ * only carries this call's batches, and is not shut down while the thread runs. */
+static void *stream_next(struct policyd_watch *w, int *pending)
+{
+	grpc_event ev;
+
+	ev = grpc_completion_queue_next(w->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+	if(ev.type != GRPC_OP_COMPLETE){
+		*pending = 0;
+		return NULL;
+	}
+	(*pending)--;
+	return ev.tag;
+}
+
+
+/* Waits for the batch tagged `want`, counting down others that complete meanwhile. */
+static void stream_wait(struct policyd_watch *w, void *want, int *pending)
+{
+	while(*pending > 0 && stream_next(w, pending) != want){
+	}
+}
+
+
+static void stream_record_end(struct policyd_watch *w, grpc_status_code status, grpc_slice details)
+{
+	char text[STATUS_TEXT_MAX - 32];   /* room for "status NN: " */
+	size_t len = GRPC_SLICE_LENGTH(details);
+
+	if(len >= sizeof(text)){
+		len = sizeof(text) - 1;
+	}
+	memcpy(text, GRPC_SLICE_START_PTR(details), len);
+	text[len] = '\0';
+	pthread_mutex_lock(&w->lock);
+	if(w->state.connected){
+		w->state.losses++;
+	}
+	w->state.connected = false;
+	snprintf(w->state.last_status, sizeof(w->state.last_status), "status %d%s%s",
+			(int)status, text[0] ? ": " : "", text);
+	w->call = NULL;
+	pthread_mutex_unlock(&w->lock);
+}
+
+
+/* One stream from open to end; true if it delivered at least one event. */
+static bool stream_run(struct policyd_watch *w)
+{
+	struct stream_ops tags;
+	grpc_metadata_array initial_md, trailing_md;
+	grpc_status_code status = GRPC_STATUS_UNKNOWN;
+	grpc_slice details = grpc_empty_slice();
+	grpc_byte_buffer *request, *buf = NULL;
+	grpc_call *call;
+	uint64_t known;
+	int pending = 0;
+	bool got_event = false;
+
+	call = stream_call_create(w);
+	if(call == NULL){
+		return false;
+	}
+	pthread_mutex_lock(&w->lock);
+	w->stats.streams++;
+	known = w->state.generation;
+	pthread_mutex_unlock(&w->lock);
+	request = encode_request(w->broker_id, known);
+	grpc_metadata_array_init(&initial_md);
+	grpc_metadata_array_init(&trailing_md);
+
+	if(stream_start(call, request, &initial_md, &tags)){
+		pending++;
+		if(stream_recv_status(call, &trailing_md, &status, &details, &tags)){
+			pending++;
+			/* Each message in turn; a NULL buffer means the stream ended. */
+			while(stream_recv_message(call, &buf, &tags)){
+				pending++;
+				stream_wait(w, &tags.message, &pending);
+				if(buf == NULL){
+					break;
+				}
+				got_event |= event_apply(w, buf);
+				grpc_byte_buffer_destroy(buf);
+				buf = NULL;
+			}
+		}
+	}
+	/* Ends the call if it is still open, then reaps every batch so nothing
+	 * they write into is freed under them. */
+	grpc_call_cancel(call, NULL);
+	while(pending > 0){
+		stream_next(w, &pending);
+	}
+	stream_record_end(w, status, details);
+	grpc_call_unref(call);
+	grpc_byte_buffer_destroy(request);
+	grpc_metadata_array_destroy(&initial_md);
+	grpc_metadata_array_destroy(&trailing_md);
+	grpc_slice_unref(details);
+	return got_event;
+}
+
+
+/* Sleeps ms unless woken by watch_destroy(); false when stopping. */
+static bool backoff_sleep(struct policyd_watch *w, int ms)
+{
+	struct timespec until;
+	bool go_on;
+
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += ms / 1000;
+	until.tv_nsec += (long)(ms % 1000) * 1000000L;
+	if(until.tv_nsec >= 1000000000L){
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&w->lock);
+	while(!w->stopping){
+		if(pthread_cond_timedwait(&w->wake, &w->lock, &until) == ETIMEDOUT){
+			break;
+		}
+	}
+	go_on = !w->stopping;
+	pthread_mutex_unlock(&w->lock);
+	return go_on;
+}
+
+
+static void *watch_main(void *arg)
+{
+	struct policyd_watch *w = arg;
+	int backoff = BACKOFF_MIN_MS;
+
+	for(;;){
+		if(stream_run(w)){
+			backoff = BACKOFF_MIN_MS;
+		}
+		if(!backoff_sleep(w, backoff)){
+			break;
+		}
+		backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+	}
+	return NULL;
+}
+
+
+/* ------------------------------------------------------------- lifecycle */
+
+static grpc_arg int_arg(const char *key, int value)
+{
+	grpc_arg arg;
+
+	arg.type = GRPC_ARG_INTEGER;
+	arg.key = (char *)key;
+	arg.value.integer = value;
+	return arg;
+}
+
+
+static grpc_channel *channel_create(const char *target)
+{
+	grpc_channel_credentials *creds;
+	grpc_channel *channel;
+	grpc_arg args[] = {
+		int_arg(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, BACKOFF_MIN_MS),
+		int_arg(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, BACKOFF_MIN_MS),
+		int_arg(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000),
+		int_arg(GRPC_ARG_ENABLE_RETRIES, 0),
+		int_arg(GRPC_ARG_SERVICE_CONFIG_DISABLE_RESOLUTION, 1),
+		int_arg(GRPC_ARG_CLIENT_IDLE_TIMEOUT_MS, INT_MAX),
+		int_arg(GRPC_ARG_ENABLE_HTTP_PROXY, 0),
+		/* Not shared with the checks' channel: a long stream and the
+		 * checks each get their own connection. */
+		int_arg(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1),
+		int_arg(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, MAX_EVENT_BYTES),
+		int_arg(GRPC_ARG_ENABLE_CHANNELZ, 0),
+	};
+	grpc_channel_args channel_args = {.num_args = sizeof(args) / sizeof(args[0]), .args = args};
+
+	creds = grpc_insecure_credentials_create();
+	if(creds == NULL){
+		return NULL;
+	}
+	channel = grpc_channel_create(target, creds, &channel_args);
+	grpc_channel_credentials_release(creds);
+	return channel;
+}
+
+
+static void cq_drain_destroy(grpc_completion_queue *cq)
+{
+	grpc_event ev;
+
+	grpc_completion_queue_shutdown(cq);
+	do{
+		ev = grpc_completion_queue_next(cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+	}while(ev.type != GRPC_QUEUE_SHUTDOWN);
+	grpc_completion_queue_destroy(cq);
+}
+
+
+static void watch_free(struct policyd_watch *w)
+{
+	char *name;
+
+	if(w->channel){
+		grpc_channel_destroy(w->channel);
+	}
+	if(w->cq){
+		cq_drain_destroy(w->cq);
+	}
+	if(w->queue.names){
+		while(kick_dequeue(w, &name, 1) == 1){
+			free(name);
+		}
+		free(w->queue.names);
+	}
+	grpc_slice_unref(w->method);
+	free(w->broker_id);
+	pthread_cond_destroy(&w->wake);
+	pthread_mutex_destroy(&w->lock);
+	free(w);
+	grpc_shutdown();
+}
+
+
+/* The thread must not take the broker's signals (SIGTERM, SIGHUP, ...). */
+static int thread_start(struct policyd_watch *w)
+{
+	sigset_t all, saved;
+	int rc;
+
+	sigfillset(&all);
+	sigdelset(&all, SIGSEGV);
+	sigdelset(&all, SIGBUS);
+	sigdelset(&all, SIGFPE);
+	sigdelset(&all, SIGILL);
+	pthread_sigmask(SIG_BLOCK, &all, &saved);
+	rc = pthread_create(&w->thread, NULL, watch_main, w);
+	pthread_sigmask(SIG_SETMASK, &saved, NULL);
+	return rc;
+}
+
+
+struct policyd_watch *watch_create(const struct watch_options *opts, const char **errmsg)
+{
+	struct policyd_watch *w;
+	const char *ignored;
+
+	if(errmsg == NULL){
+		errmsg = &ignored;
+	}
+	if(opts == NULL || opts->target == NULL || opts->generation == NULL){
+		*errmsg = "invalid watch options";
+		return NULL;
+	}
+	w = calloc(1, sizeof(*w));
+	if(w == NULL){
+		*errmsg = "out of memory";
+		return NULL;
+	}
+	grpc_init(); /* reference counted; released in watch_free() */
+	pthread_mutex_init(&w->lock, NULL);
+	pthread_cond_init(&w->wake, NULL);
+	w->method = grpc_slice_from_static_string(WATCH_METHOD);
+	w->generation = opts->generation;
+	w->broker_id = strdup(opts->broker_id ? opts->broker_id : "");
+	w->queue.names = calloc(KICK_QUEUE_MAX, sizeof(char *));
+	w->cq = grpc_completion_queue_create_for_next(NULL);
+	w->channel = channel_create(opts->target);
+	log_limiter_init(&w->kick_log, 5);
+	log_limiter_init(&w->drop_log, 1);
+	log_limiter_init(&w->bad_log, 1);
+	if(w->broker_id == NULL || w->queue.names == NULL || w->cq == NULL || w->channel == NULL){
+		*errmsg = "cannot set up the Watch stream (out of memory or bad target)";
+		watch_free(w);
+		return NULL;
+	}
+	if(thread_start(w) != 0){
+		*errmsg = "cannot start the Watch thread";
+		watch_free(w);
+		return NULL;
+	}
+	w->thread_running = true;
+	return w;
+}
+
+
+void watch_destroy(struct policyd_watch *w)
+{
+	if(w == NULL){
+		return;
+	}
+	if(w->thread_running){
+		pthread_mutex_lock(&w->lock);
+		w->stopping = true;
+		if(w->call){
+			grpc_call_cancel(w->call, NULL);
+		}
+		pthread_cond_broadcast(&w->wake);
+		pthread_mutex_unlock(&w->lock);
+		pthread_join(w->thread, NULL);
+		w->thread_running = false;
+	}
+	watch_free(w);
+}
+
+
+void watch_stats_get(struct policyd_watch *w, struct watch_stats *out)
+{
+	memset(out, 0, sizeof(*out));
+	if(w == NULL){
+		return;
+	}
+	pthread_mutex_lock(&w->lock);
+	*out = w->stats;
+	out->connected = w->state.connected;
+	pthread_mutex_unlock(&w->lock);
+}
+
+
+/* ------------------------------------------------------------ main thread */
+
+static void log_stream_changes(struct policyd_watch *w, const struct stream_state *now)
+{
+	char shown[LOG_TOPIC_MAX];
+
+	if(now->losses != w->logged.losses){
+		/* The status text may come from the daemon: escape it. */
+		plog(MOSQ_LOG_WARNING, "Watch stream lost (%s); reopening. Until then reloads reach this "
+				"broker through check answers only, and kicks wait for the new stream",
+				log_sanitize_str(shown, sizeof(shown), now->last_status));
+	}
+	if(now->opened != w->logged.opened){
+		plog(MOSQ_LOG_INFO, "Watch stream open: policy generation %" PRIu64, now->generation);
+	}else if(now->generation != w->logged.generation){
+		plog(MOSQ_LOG_INFO, "policy generation %" PRIu64 " announced by policyd", now->generation);
+	}
+	w->logged = *now;
+}
+
+
+static void kick_all(struct policyd_watch *w, char **names, size_t n)
+{
+	char shown[LOG_IDENT_MAX];
+	uint64_t done = 0, failed = 0;
+	size_t i;
+	int rc;
+
+	for(i = 0; i < n; i++){
+		rc = mosquitto_kick_client_by_username(names[i], false);
+		if(rc == MOSQ_ERR_SUCCESS){
+			done++;
+		}else{
+			failed++;
+			if(log_limiter_admit(&w->kick_log)){
+				plog_admitted(&w->kick_log, MOSQ_LOG_ERR, "cannot disconnect clients of '%s': %s",
+						log_sanitize_str(shown, sizeof(shown), names[i]), mosquitto_strerror(rc));
+			}
+		}
+		if(log_limiter_admit(&w->kick_log)){
+			plog_admitted(&w->kick_log, MOSQ_LOG_NOTICE,
+					"disconnecting clients of '%s' (if any): the new policy took access away",
+					log_sanitize_str(shown, sizeof(shown), names[i]));
+		}
+		free(names[i]);
+	}
+	pthread_mutex_lock(&w->lock);
+	w->stats.kicks_done += done;
+	w->stats.kicks_failed += failed;
+	pthread_mutex_unlock(&w->lock);
+}
+
+
+void watch_on_tick(struct policyd_watch *w)
+{
+	char *names[KICKS_PER_TICK];
+	struct stream_state state;
+	uint64_t dropped, bad;
+	size_t n;
+
+	if(w == NULL){
+		return;
+	}
+	pthread_mutex_lock(&w->lock);
+	n = kick_dequeue(w, names, KICKS_PER_TICK);
+	state = w->state;
+	dropped = w->stats.kicks_dropped;
+	bad = w->stats.bad_events;
+	pthread_mutex_unlock(&w->lock);
+
+	if(bad != w->bad_logged && log_limiter_admit(&w->bad_log)){
+		plog_admitted(&w->bad_log, MOSQ_LOG_ERR, "%" PRIu64 " undecodable Watch events ignored",
+				bad - w->bad_logged);
+		w->bad_logged = bad;
+	}
+	if(state.opened != w->logged.opened || state.generation != w->logged.generation
+			|| state.losses != w->logged.losses){
+		log_stream_changes(w, &state);
+	}
+	if(dropped != w->dropped_logged && log_limiter_admit(&w->drop_log)){
+		plog_admitted(&w->drop_log, MOSQ_LOG_ERR, "%" PRIu64 " kicks dropped (queue full or unusable "
+				"name): those clients stay connected, though every check they make is answered "
+				"by the new policy", dropped - w->dropped_logged);
+		w->dropped_logged = dropped;
+	}
+	if(n > 0){
+		kick_all(w, names, n);
+	}
+}

@@ -1,0 +1,246 @@
+/*
+ * A stand-in for the parts of the Mosquitto broker the plugin calls, so
+ * pytest can load the real plugin in-process (via cffi) and drive its
+ * callbacks. Loaded with RTLD_GLOBAL before the plugin, so the plugin's
+ * undefined mosquitto_* symbols resolve here. Records what the plugin
+ * does (callbacks registered, log lines, kicks) for the tests to inspect.
+ */
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <mosquitto.h>
+#include <mosquitto_broker.h>
+#include <mosquitto_plugin.h>
+
+/* The broker's client, reduced to what the getters return. */
+struct mosquitto {
+	const char *id;
+	const char *username;
+};
+
+#define STUB_EVENTS 16
+#define STUB_LOG_LINES 4096
+
+struct stub_callback {
+	MOSQ_FUNC_generic_callback cb;
+	void *userdata;
+};
+
+static struct stub_callback callbacks[STUB_EVENTS];
+static char *log_lines[STUB_LOG_LINES];
+static int log_levels[STUB_LOG_LINES];
+static int log_count;
+static int kicks;
+static char last_kick[256];
+
+
+int mosquitto_callback_register(mosquitto_plugin_id_t *identifier, int event,
+		MOSQ_FUNC_generic_callback cb_func, const void *event_data, void *userdata)
+{
+	(void)identifier;
+	(void)event_data;
+	if(event < 0 || event >= STUB_EVENTS || cb_func == NULL){
+		return MOSQ_ERR_INVAL;
+	}
+	if(callbacks[event].cb != NULL){
+		return MOSQ_ERR_ALREADY_EXISTS;
+	}
+	callbacks[event].cb = cb_func;
+	callbacks[event].userdata = userdata;
+	return MOSQ_ERR_SUCCESS;
+}
+
+
+int mosquitto_callback_unregister(mosquitto_plugin_id_t *identifier, int event,
+		MOSQ_FUNC_generic_callback cb_func, const void *event_data)
+{
+	(void)identifier;
+	(void)event_data;
+	if(event < 0 || event >= STUB_EVENTS || callbacks[event].cb != cb_func){
+		return MOSQ_ERR_NOT_FOUND;
+	}
+	callbacks[event].cb = NULL;
+	callbacks[event].userdata = NULL;
+	return MOSQ_ERR_SUCCESS;
+}
+
+
+void mosquitto_log_printf(int level, const char *fmt, ...)
+{
+	char line[2048];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	if(log_count < STUB_LOG_LINES){
+		log_levels[log_count] = level;
+		log_lines[log_count++] = strdup(line);
+	}
+}
+
+
+const char *mosquitto_client_id(const struct mosquitto *client)
+{
+	return client ? client->id : NULL;
+}
+
+
+const char *mosquitto_client_username(const struct mosquitto *client)
+{
+	return client ? client->username : NULL;
+}
+
+
+int mosquitto_kick_client_by_username(const char *username, bool with_will)
+{
+	(void)with_will;
+	kicks++;
+	snprintf(last_kick, sizeof(last_kick), "%s", username ? username : "(null)");
+	return MOSQ_ERR_SUCCESS;
+}
+
+
+int mosquitto_kick_client_by_clientid(const char *clientid, bool with_will)
+{
+	(void)with_will;
+	kicks++;
+	snprintf(last_kick, sizeof(last_kick), "%s", clientid ? clientid : "(null)");
+	return MOSQ_ERR_SUCCESS;
+}
+
+
+const char *mosquitto_strerror(int mosq_errno)
+{
+	static char text[32];
+
+	snprintf(text, sizeof(text), "error %d", mosq_errno);
+	return text;
+}
+
+
+/* ------------------------------------------------------------ test side */
+
+int stub_registered(int event)
+{
+	return event >= 0 && event < STUB_EVENTS && callbacks[event].cb != NULL;
+}
+
+
+static int fire(int event, void *data)
+{
+	if(!stub_registered(event)){
+		return -1000;
+	}
+	return callbacks[event].cb(event, data, callbacks[event].userdata);
+}
+
+
+int stub_acl_check(struct mosquitto *client, int access, const char *topic)
+{
+	struct mosquitto_evt_acl_check ed;
+
+	memset(&ed, 0, sizeof(ed));
+	ed.client = client;
+	ed.topic = topic;
+	ed.access = access;
+	ed.qos = 1;
+	return fire(MOSQ_EVT_ACL_CHECK, &ed);
+}
+
+
+int stub_disconnect(struct mosquitto *client)
+{
+	struct mosquitto_evt_disconnect ed;
+
+	memset(&ed, 0, sizeof(ed));
+	ed.client = client;
+	ed.reason = -1;
+	return fire(MOSQ_EVT_DISCONNECT, &ed);
+}
+
+
+int stub_tick(void)
+{
+	struct mosquitto_evt_tick ed;
+
+	memset(&ed, 0, sizeof(ed));
+	return fire(MOSQ_EVT_TICK, &ed);
+}
+
+
+int stub_log_count(void)
+{
+	return log_count;
+}
+
+
+const char *stub_log_line(int i)
+{
+	return i >= 0 && i < log_count ? log_lines[i] : NULL;
+}
+
+
+void stub_reset(void)
+{
+	int i;
+
+	for(i = 0; i < log_count; i++){
+		free(log_lines[i]);
+		log_lines[i] = NULL;
+	}
+	log_count = 0;
+	kicks = 0;
+	last_kick[0] = '\0';
+}
+
+
+int stub_kicks(void)
+{
+	return kicks;
+}
+
+
+/* ------------------------------------------------------ for bench/shim_micro.py */
+
+#include <time.h>
+
+static int64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+
+/* n checks in a row, timed as a whole (no per-call FFI cost); returns ns. */
+int64_t stub_acl_check_loop(struct mosquitto *client, int access, const char *topic, int n, int *allowed)
+{
+	int64_t t0 = now_ns();
+	int i, ok = 0;
+
+	for(i = 0; i < n; i++){
+		ok += stub_acl_check(client, access, topic) == MOSQ_ERR_SUCCESS;
+	}
+	*allowed = ok;
+	return now_ns() - t0;
+}
+
+
+/* n checks, each timed on its own into out_ns[i]. */
+int stub_acl_check_timed(struct mosquitto *client, int access, const char *topic, int n, int64_t *out_ns)
+{
+	int i, ok = 0;
+
+	for(i = 0; i < n; i++){
+		int64_t t0 = now_ns();
+
+		ok += stub_acl_check(client, access, topic) == MOSQ_ERR_SUCCESS;
+		out_ns[i] = now_ns() - t0;
+	}
+	return ok;
+}

@@ -1,0 +1,136 @@
+"""The decision cache, driven in-process against a real daemon: hits, expiry, scope, flushes."""
+
+import signal
+import time
+
+from harness import wait_for
+from shimlib import READ, SUBSCRIBE, WRITE
+
+
+def test_second_check_is_a_hit_and_deny_is_cached_too(make_daemon, make_shim):
+    shim = make_shim(make_daemon())
+    dev = shim.client("c1", "Device123")
+    assert shim.allowed(dev, WRITE, "/device/Device123/t")
+    assert shim.allowed(dev, WRITE, "/device/Device123/t")
+    assert not shim.allowed(dev, WRITE, "/device/Other/t")
+    assert not shim.allowed(dev, WRITE, "/device/Other/t")
+    stats = shim.close()
+    assert (stats["checks"], stats["misses"], stats["hits"]) == (4, 2, 2)
+    assert (stats["allowed"], stats["denied"]) == (2, 2)
+
+
+def test_scope_covers_a_device_subtree_but_not_a_deny_inside_it(make_daemon, make_shim):
+    shim = make_shim(make_daemon())
+    dev = shim.client("c9", "Device999")        # pattern only: its subtree has no deny
+    for i in range(5):
+        assert shim.allowed(dev, WRITE, f"/device/Device999/t/{i}")
+    assert not shim.allowed(dev, WRITE, "/device/Device9999/t")   # not under the scope
+    owner = shim.client("c1", "Device123")      # has a deny cutting into its subtree: no scope
+    assert shim.allowed(owner, WRITE, "/device/Device123/a")
+    assert shim.allowed(owner, WRITE, "/device/Device123/b")
+    assert not shim.allowed(owner, WRITE, "/device/Device123/secret")
+    assert not shim.allowed(owner, WRITE, "/device/Device123/secret")
+    stats = shim.close()
+    # Device999: 1 miss then 4 scoped hits; 1 miss outside; Device123: 3 misses, 1 hit.
+    assert (stats["misses"], stats["hits"]) == (5, 5)
+
+
+def test_scope_is_per_access_and_never_for_subscriptions(make_daemon, make_shim):
+    shim = make_shim(make_daemon())
+    dev = shim.client("c9", "Device999")
+    assert shim.allowed(dev, WRITE, "/device/Device999/a")
+    assert shim.allowed(dev, READ, "/device/Device999/b")     # different access: a miss
+    assert shim.allowed(dev, SUBSCRIBE, "/device/Device999/#")
+    assert shim.allowed(dev, SUBSCRIBE, "/device/Device999/+")  # filters are cached per filter
+    stats = shim.close()
+    assert (stats["misses"], stats["hits"]) == (4, 0)
+
+
+def test_entries_expire_and_hits_do_not_refresh_them(make_daemon, make_shim):
+    shim = make_shim(make_daemon("--cache-ttl-ms", "400"))
+    dev = shim.client("c1", "Device123")
+    assert shim.allowed(dev, WRITE, "/device/Device123/t")
+    deadline = time.monotonic() + 0.7
+    hits = 0
+    while time.monotonic() < deadline:          # hits all along the TTL must not extend it
+        assert shim.allowed(dev, WRITE, "/device/Device123/t")
+        hits += 1
+        time.sleep(0.02)
+    stats = shim.close()
+    assert stats["misses"] >= 2, stats
+
+
+def test_cache_ttl_option_caps_the_daemon_ttl_and_zero_size_disables(make_daemon, make_shim):
+    daemon = make_daemon("--cache-ttl-ms", "60000")
+    shim = make_shim(daemon, cache_ttl_s=0)
+    dev = shim.client("c1", "Device123")
+    for _ in range(3):
+        assert shim.allowed(dev, WRITE, "/device/Device123/t")
+    assert shim.close()["misses"] == 3
+    shim = make_shim(daemon, cache_size=0)
+    dev = shim.client("c1", "Device123")
+    for _ in range(3):
+        assert shim.allowed(dev, WRITE, "/device/Device123/t")
+    stats = shim.close()
+    assert (stats["misses"], stats["entries"]) == (3, 0)
+
+
+def test_a_new_generation_flushes_the_cache(make_daemon, make_shim):
+    daemon = make_daemon("--cache-ttl-ms", "60000")
+    shim = make_shim(daemon)
+    dev = shim.client("c1", "Device123")
+    other = shim.client("c2", "Device124")
+    assert shim.allowed(dev, WRITE, "/device/Device123/t")
+    assert shim.allowed(dev, WRITE, "/device/Device123/t")     # a hit, with a TTL of a minute
+    daemon.rules.write_text("users:\n  Device124:\n    - {topic: x, access: write}\n")
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: daemon.log().count("policy generation") >= 2, 10, "reload")
+    # The new generation reaches the shim through the Watch stream or through the next answer
+    # (other's miss); either way the old allow is never served again.
+    shim.allowed(other, WRITE, "x")
+    wait_for(lambda: (shim.tick(), not shim.allowed(dev, WRITE, "/device/Device123/t"))[1], 5,
+             "the revoked grant to stop being served")
+    assert not shim.allowed(dev, WRITE, "/device/Device123/t")
+    stats = shim.close()
+    assert stats["hits"] >= 1 and stats["misses"] >= 3, stats
+
+
+def test_disconnect_drops_the_clients_entries_only(make_daemon, make_shim):
+    shim = make_shim(make_daemon())
+    a = shim.client("ca", "Device123")
+    b = shim.client("cb", "Device124")
+    assert shim.allowed(a, WRITE, "/device/Device123/t")
+    assert shim.allowed(b, WRITE, "/device/Device124/t")
+    shim.disconnect(shim.client("ca", "Device123"))   # a different struct, same identity
+    assert shim.allowed(a, WRITE, "/device/Device123/t")      # miss again
+    assert shim.allowed(b, WRITE, "/device/Device124/t")      # still a hit
+    stats = shim.close()
+    assert (stats["misses"], stats["hits"]) == (3, 1)
+
+
+def test_identities_are_never_confused_in_keys(make_daemon, make_shim):
+    shim = make_shim(make_daemon())
+    ab = shim.client("c", "ab")
+    assert shim.allowed(ab, WRITE, "t")
+    # Same bytes joined ("ab" + "c" vs "a" + "bc"): must be a different key.
+    assert not shim.allowed(shim.client("bc", "a"), WRITE, "t")
+    anon = shim.client("p1", None)
+    assert shim.allowed(anon, READ, "public/x")
+    assert not shim.allowed(shim.client("p1", ""), READ, "public/x")   # empty username is not anonymous
+    hostile = shim.client("h", "Device+")
+    assert not shim.allowed(hostile, WRITE, "/device/Device+/t")
+    assert not shim.allowed(hostile, WRITE, "/device/Device+/t")
+    stats = shim.close()
+    assert (stats["misses"], stats["hits"]) == (5, 1)
+
+
+def test_bounded_eviction(make_daemon, make_shim):
+    shim = make_shim(make_daemon(), cache_size=4)
+    dev = shim.client("c1", "Device123")
+    for i in range(10):
+        assert shim.allowed(dev, WRITE, f"/device/Device123/{i}")
+    assert shim.allowed(dev, WRITE, "/device/Device123/9")    # newest kept
+    assert shim.allowed(dev, WRITE, "/device/Device123/0")    # oldest evicted
+    stats = shim.close()
+    assert stats["entries"] <= 4 and stats["evictions"] >= 6
+    assert (stats["misses"], stats["hits"]) == (11, 1)

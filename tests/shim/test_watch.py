@@ -1,0 +1,86 @@
+"""The Watch thread in-process (stub broker, real daemon; `make test-asan` runs it under ASan)."""
+
+import time
+
+from harness import wait_for
+from shimlib import WRITE
+
+RULES = """\
+superusers: [admin]
+users:
+  Device123:
+    - {topic: /device/%u/#, access: readwrite}
+patterns:
+  - {topic: /device/%u/#, access: readwrite}
+"""
+WITHOUT_DEVICE123 = RULES.replace("  Device123:\n    - {topic: /device/%u/#, access: readwrite}\n", "")
+
+
+def ticking(shim, predicate, what: str, timeout: float = 10):
+    """Runs the broker's TICK until predicate() holds, as the main loop would."""
+    def step():
+        shim.tick()
+        return predicate()
+    return wait_for(step, timeout, what, interval=0.01)
+
+
+def announced(shim) -> bool:
+    return any("announced by policyd" in line for line in shim.logs())
+
+
+def reload(daemon, text: str) -> None:
+    from harness import run_policyd
+
+    daemon.rules.write_text(text)
+    run_policyd("reload", "--address", daemon.admin_address)
+
+
+def test_removed_identity_is_kicked_on_tick(make_daemon, make_shim, stub_so):
+    daemon = make_daemon("--no-watch", rules=RULES)
+    shim = make_shim(daemon)
+    ticking(shim, lambda: any("Watch stream open" in line for line in shim.logs()), "the stream")
+    reload(daemon, WITHOUT_DEVICE123)
+    time.sleep(0.5)  # the event has arrived, but broker calls wait for the main thread's TICK
+    assert shim.stub.stub_kicks() == 0
+    ticking(shim, lambda: shim.stub.stub_kicks() == 1, "the kick")
+    assert any("disconnecting clients of 'Device123'" in line for line in shim.logs())
+    time.sleep(0.2)
+    shim.tick()
+    assert shim.stub.stub_kicks() == 1  # once
+
+
+def test_unrelated_reload_kicks_nobody_but_flushes_the_cache(make_daemon, make_shim):
+    daemon = make_daemon("--no-watch", rules=RULES)
+    shim = make_shim(daemon)
+    dev = shim.client("c1", "Device999")
+    assert shim.allowed(dev, WRITE, "/device/Device999/t")
+    assert shim.allowed(dev, WRITE, "/device/Device999/t")  # a hit
+    ticking(shim, lambda: any("Watch stream open" in line for line in shim.logs()), "the stream")
+    reload(daemon, RULES + "  - {topic: extra/%u, access: read}\n")
+    ticking(shim, lambda: announced(shim), "the new generation")
+    assert shim.allowed(dev, WRITE, "/device/Device999/t")  # asked again: a miss
+    stats = shim.close()
+    assert (stats["misses"], stats["hits"]) == (2, 1)
+    assert shim.stub.stub_kicks() == 0
+
+
+def test_cleanup_is_prompt_while_the_daemon_is_down(make_daemon, make_shim):
+    daemon = make_daemon(rules=RULES)
+    shim = make_shim(daemon)
+    daemon.stop()
+    time.sleep(0.3)  # the thread is now waiting for the channel
+    started = time.monotonic()
+    shim.close()
+    assert time.monotonic() - started < 5
+
+
+def test_stream_comes_back_after_a_daemon_restart(make_daemon, make_shim):
+    daemon = make_daemon("--no-watch", rules=RULES)
+    shim = make_shim(daemon)
+    ticking(shim, lambda: any("Watch stream open" in line for line in shim.logs()), "the stream")
+    daemon.stop()
+    ticking(shim, lambda: any("Watch stream lost" in line for line in shim.logs()), "the loss")
+    daemon.start()
+    ticking(shim, lambda: sum("Watch stream open" in line for line in shim.logs()) == 2, "the new stream")
+    reload(daemon, WITHOUT_DEVICE123)
+    ticking(shim, lambda: shim.stub.stub_kicks() == 1, "the kick after the restart")

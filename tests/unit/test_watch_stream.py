@@ -1,0 +1,99 @@
+"""Policy.Watch on the daemon side: swap history, replay on reconnect, event splitting."""
+
+import grpc
+import pytest
+from harness import PolicyDaemon, make_workdir
+
+from policyd.server import watch_stream
+from policyd.server.store import PolicyStore, PolicySwap
+from policyd.v1 import policy_pb2 as pb
+from policyd.v1 import policy_pb2_grpc as pb_grpc
+
+ALL = "users:\n  A:\n    - {topic: a/#, access: read}\n  B:\n    - {topic: b/#, access: read}\n"
+NO_A = "users:\n  B:\n    - {topic: b/#, access: read}\n"
+NONE = "users: {}\n"
+
+
+@pytest.fixture
+def store(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(ALL)
+    s = PolicyStore(str(rules))
+    assert s.reload("start").ok
+    return s
+
+
+def reload(store, text):
+    open(store.rules_file, "w").write(text)
+    outcome = store.reload("test")
+    assert outcome.ok
+    return outcome
+
+
+def test_listeners_hear_each_swap_with_its_kicks(store):
+    heard = []
+    store.add_listener(heard.append)
+    g0 = store.status().generation
+    g1 = reload(store, NO_A).generation
+    store.remove_listener(heard.append)
+    reload(store, ALL)
+    assert heard == [PolicySwap(g1, frozenset({"A"}), g0)]
+
+
+def test_a_returning_subscriber_gets_what_it_missed(store):
+    g0 = store.status().generation
+    g1 = reload(store, NO_A).generation
+    g2 = reload(store, NONE).generation
+    assert store.subscribe(lambda s: None, g0) == (g2, frozenset({"A", "B"}))
+    assert store.subscribe(lambda s: None, g1) == (g2, frozenset({"B"}))
+    assert store.subscribe(lambda s: None, g2) == (g2, frozenset())
+    assert store.subscribe(lambda s: None, 12345) == (g2, None)  # not remembered
+    assert store.subscribe(lambda s: None, 0) == (g2, None)       # a new broker: nothing to replay
+
+
+def test_failed_reloads_leave_no_trace_in_the_history(store):
+    g0 = store.status().generation
+    open(store.rules_file, "w").write("users: [\n")
+    assert not store.reload("test").ok
+    assert store.subscribe(lambda s: None, g0) == (g0, frozenset())
+
+
+def test_long_kick_lists_are_split_into_events_of_one_generation():
+    names = frozenset(f"D{i:04d}" for i in range(1200))
+    events = list(watch_stream.events_of(PolicySwap(7, names)))
+    assert [len(e.kick_usernames) for e in events] == [500, 500, 200]
+    assert {e.generation for e in events} == {7}
+    assert {n.decode() for e in events for n in e.kick_usernames} == names
+    assert [e.kick_usernames for e in watch_stream.events_of(PolicySwap(8, frozenset()))] == [[]]
+
+
+def test_watch_over_the_socket_replays_missed_kicks():
+    work = make_workdir("policyd-watch-")
+    daemon = PolicyDaemon(work, ALL, "--no-watch").start()
+    try:
+        with grpc.insecure_channel(daemon.address) as channel:
+            stub = pb_grpc.PolicyStub(channel)
+            first = next(iter(stub.Watch(pb.WatchRequest(broker_id="t"), timeout=10)))
+            daemon.rules.write_text(NO_A)
+            with grpc.insecure_channel(daemon.admin_address) as admin_channel:
+                assert pb_grpc.AdminStub(admin_channel).Reload(pb.ReloadRequest(), timeout=10).ok
+            stream = stub.Watch(pb.WatchRequest(broker_id="t", known_generation=first.generation), timeout=10)
+            event = next(iter(stream))
+            assert event.generation > first.generation and list(event.kick_usernames) == [b"A"]
+            stream.cancel()
+    finally:
+        daemon.stop()
+    assert "replaying 1 kicks" in daemon.log()
+
+
+def test_a_failing_kick_diff_still_swaps_and_is_counted(store, monkeypatch):
+    from policyd.server import store as store_module
+
+    def broken(old, new):
+        raise TypeError("bug")
+
+    monkeypatch.setattr(store_module, "usernames_to_kick", broken)
+    before = store.status().generation
+    outcome = reload(store, NO_A)
+    assert outcome.generation > before and outcome.kicks == frozenset()
+    assert store.kick_errors == 1 and "A" not in store.current.users
