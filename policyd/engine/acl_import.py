@@ -32,7 +32,7 @@ from .loader import identity_problem
 from .model import Problem, SourceRef
 from .templates import TEMPLATES, escape
 
-ACCESS = {"read": "read", "write": "write", "readwrite": "readwrite", "deny": "deny"}
+ACCESS = ("read", "write", "readwrite", "deny")  # the words Mosquitto accepts
 _WHITESPACE = " \t\n\r\v\f"
 
 
