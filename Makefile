@@ -9,7 +9,7 @@ PY_GEN      := policyd/v1/policy_pb2.py policyd/v1/policy_pb2_grpc.py
 PLUGIN      := plugin_c/build/mosquitto_policyd.so
 PYTEST_ARGS ?=
 
-.PHONY: all deps system-deps venv proto plugin build test test-unit test-e2e demo bench clean help test-asan valgrind install install-daemon
+.PHONY: all deps system-deps venv proto plugin build test test-unit test-e2e demo bench clean help test-asan valgrind install install-daemon fuzz-short fuzz-long reliability-report test-e2e-asan
 
 all: build
 
@@ -20,6 +20,9 @@ help:
 	@echo "make bench   run the benchmarks in bench/ (figures go to docs/benchmarks.md)"
 	@echo "make test-asan  the in-process shim tests against the plugin built with ASan + UBSan"
 	@echo "make valgrind   the real broker with the plugin under valgrind memcheck"
+	@echo "make test-e2e-asan  the end-to-end suite with the ASan + UBSan plugin inside the real broker"
+	@echo "make fuzz-short / fuzz-long  libFuzzer targets in fuzz/ (~20 s, in make test / FUZZ_SECONDS each, default 600)"
+	@echo "make reliability-report  render docs/reliability.md from the figures the last test run recorded"
 	@echo "make install the plugin, systemd units and example config (DESTDIR, PLUGIN_DIR; docs/operations.md)"
 
 deps: system-deps venv
@@ -75,9 +78,35 @@ test-asan: proto
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	POLICYD_PLUGIN=$(ASAN_PLUGIN) $(VPY) -m pytest -p no:cacheprovider tests/shim $(PYTEST_ARGS)
 
+# The end-to-end suite with the ASan + UBSan plugin loaded into the real broker (libasan
+# preloaded into mosquitto only). Any report aborts the broker and lands in $(SAN_LOGS).
+SAN_LOGS := /tmp/policyd-sanitizer-logs
+
+test-e2e-asan: build
+	$(MAKE) -C plugin_c SANITIZE=1
+	rm -rf $(SAN_LOGS) && mkdir -p -m 1777 $(SAN_LOGS)
+	POLICYD_PLUGIN=$(CURDIR)/$(ASAN_PLUGIN) POLICYD_BROKER_PRELOAD=$$($(CC) -print-file-name=libasan.so) \
+	POLICYD_SANITIZER_LOGS=$(SAN_LOGS) $(VPY) -m pytest -p no:cacheprovider tests/e2e $(PYTEST_ARGS)
+	@if ls $(SAN_LOGS)/* >/dev/null 2>&1; then cat $(SAN_LOGS)/*; echo "sanitizer reports above"; exit 1; fi
+	@echo "test-e2e-asan: no sanitizer reports"
+
 # The real broker with the plugin under valgrind memcheck, with a few real clients.
 valgrind: build
 	$(VPY) tests/shim/valgrind_broker.py
+
+# libFuzzer targets over the plugin's untrusted input (fuzz/Makefile); the short run is also
+# part of `make test` (tests/unit/test_fuzz_targets.py).
+FUZZ_SECONDS ?= 600
+
+fuzz-short: plugin
+	$(MAKE) -C fuzz short
+
+fuzz-long: plugin
+	$(MAKE) -C fuzz long LONG_SECONDS=$(FUZZ_SECONDS)
+
+# docs/reliability.md's table from .bench/reliability/ (written by the fault, hostile and fuzz tests).
+reliability-report:
+	$(VPY) bench/reliability.py
 
 # Installation (docs/operations.md). Debian keeps Mosquitto plugins in the multiarch
 # library directory, next to mosquitto_dynamic_security.so.
@@ -109,4 +138,5 @@ install-daemon:
 
 clean:
 	$(MAKE) -C plugin_c clean
+	$(MAKE) -C fuzz clean
 	rm -rf policyd/v1 .pytest_cache .hypothesis

@@ -33,8 +33,17 @@ def record(key: str, *, row: str, how: str, happened: str, lost: str | int = "â€
     (RESULTS / f"{key}.json").write_text(json.dumps(data, indent=1, sort_keys=True))
 
 
+# Table order: faults first, then hostile input, then fuzzing.
+CATEGORIES = ("fault", "hostile", "fuzz")
+
+
+def _order(path: Path) -> tuple[int, str]:
+    category = path.stem.split("-", 1)[0]
+    return (CATEGORIES.index(category) if category in CATEGORIES else len(CATEGORIES), path.stem)
+
+
 def load_rows() -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+    return [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"), key=_order)]
 
 
 def _cell(text) -> str:

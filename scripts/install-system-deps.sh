@@ -9,6 +9,7 @@ PACKAGES=(
   libssl-dev pkg-config gcc make openssl                       # toolchain, TLS
   python3 python3-venv python3-dev                             # the daemon's virtualenv
   valgrind                                                     # `make valgrind` (memcheck of broker + plugin)
+  clang-14 libclang-rt-14-dev                                  # libFuzzer targets in fuzz/ (make fuzz-short)
   systemd                                                      # systemd-analyze verify for the example units' test
 )
 

@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
-PLUGIN_SO = ROOT / "plugin_c" / "build" / "mosquitto_policyd.so"
+# `make test-e2e-asan` points these at the ASan + UBSan build and preloads libasan into the broker.
+PLUGIN_SO = Path(os.environ.get("POLICYD_PLUGIN") or ROOT / "plugin_c" / "build" / "mosquitto_policyd.so")
+BROKER_PRELOAD = os.environ.get("POLICYD_BROKER_PRELOAD", "")
 POLICYD = [sys.executable, "-m", "policyd"]
 BROKER_USER = "mosquitto"
 
@@ -159,6 +161,19 @@ class BrokerConfig:
     extra: str = ""
 
 
+def broker_env(workdir: Path) -> dict:
+    """The broker's environment. With BROKER_PRELOAD, sanitizer reports go to the directory
+    POLICYD_SANITIZER_LOGS (writable by `mosquitto`), which `make test-e2e-asan` checks is empty."""
+    env = dict(os.environ)
+    env.pop("LD_PRELOAD", None)
+    if BROKER_PRELOAD:
+        logs = os.environ.get("POLICYD_SANITIZER_LOGS", "/tmp")
+        env["LD_PRELOAD"] = BROKER_PRELOAD
+        env["ASAN_OPTIONS"] = f"detect_leaks=0:abort_on_error=1:log_path={logs}/asan-{workdir.name}"
+        env["UBSAN_OPTIONS"] = f"halt_on_error=1:print_stacktrace=1:log_path={logs}/ubsan-{workdir.name}"
+    return env
+
+
 class Broker:
     """The Debian `mosquitto` with a TLS listener requiring client certificates."""
 
@@ -199,7 +214,7 @@ class Broker:
     def start(self, timeout: float = 15) -> "Broker":
         self.conf_path.write_text(self.render_config())
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf_path)],
+        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf_path)], env=broker_env(self.workdir),
                                      stdout=self._log, stderr=subprocess.STDOUT)
         wait_for(lambda: self._port_open() or self.proc.poll() is not None, timeout, "mosquitto listener")
         if self.proc.poll() is not None:

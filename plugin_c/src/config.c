@@ -38,6 +38,7 @@ struct option_spec {
 };
 
 static const char *const on_error_choices[] = {"deny", "stale", NULL};
+static const char *const identity_choices[] = {"off", "cert", NULL};
 
 static const struct option_spec option_specs[] = {
 	{
@@ -83,6 +84,14 @@ static const struct option_spec option_specs[] = {
 	{
 		.key = "policyd_broker_id", .kind = OPT_STRING,
 		.offset = offsetof(struct policyd_config, broker_id),
+	},
+	{.key = "policyd_tls_ca", .kind = OPT_STRING, .offset = offsetof(struct policyd_config, tls_ca)},
+	{.key = "policyd_tls_cert", .kind = OPT_STRING, .offset = offsetof(struct policyd_config, tls_cert)},
+	{.key = "policyd_tls_key", .kind = OPT_STRING, .offset = offsetof(struct policyd_config, tls_key)},
+	{
+		.key = "policyd_identity", .kind = OPT_CHOICE,
+		.offset = offsetof(struct policyd_config, identity),
+		.choices = identity_choices,
 	},
 };
 
@@ -289,5 +298,8 @@ void config_free(struct policyd_config *cfg)
 	}
 	free(cfg->address);
 	free(cfg->broker_id);
+	free(cfg->tls_ca);
+	free(cfg->tls_cert);
+	free(cfg->tls_key);
 	config_defaults(cfg);
 }

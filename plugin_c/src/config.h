@@ -26,6 +26,12 @@ enum config_on_error {
 	ON_ERROR_STALE = 1,  /* an expired cached answer of the current generation, else deny */
 };
 
+/* policyd_identity: who decides a client's identity at CONNECT. */
+enum config_identity {
+	IDENTITY_OFF = 0,    /* the broker (use_identity_as_username), no CONNECT check (default) */
+	IDENTITY_CERT = 1,   /* policyd's Authenticate, from the client certificate (docs/identity.md) */
+};
+
 struct policyd_config {
 	char *address;      /* policyd_address: gRPC target, required */
 	int timeout_ms;     /* policyd_timeout_ms: per-check deadline */
@@ -36,6 +42,10 @@ struct policyd_config {
 	int breaker_threshold;   /* policyd_breaker_threshold: deadline misses in a row that open it */
 	int breaker_cooldown_ms; /* policyd_breaker_cooldown_ms: open this long before a probe */
 	char *broker_id;    /* policyd_broker_id: name in ShimStats (default: host name) */
+	int identity;       /* policyd_identity: enum config_identity */
+	char *tls_ca;       /* policyd_tls_ca / _tls_cert / _tls_key: mutual TLS to policyd (link_tls.h) */
+	char *tls_cert;
+	char *tls_key;
 };
 
 /* Fills cfg (defaults, then options). Logs one line per problem and returns

@@ -17,6 +17,7 @@
 #include <mosquitto_plugin.h>
 
 #include "acl.h"
+#include "auth.h"
 #include "config.h"
 #include "logging.h"
 #include "plugin_state.h"
@@ -75,9 +76,17 @@ static const struct plugin_callback plugin_callbacks[] = {
 	{MOSQ_EVT_ACL_CHECK, acl_check_callback, "ACL check"},
 	{MOSQ_EVT_DISCONNECT, acl_disconnect_callback, "disconnect"},
 	{MOSQ_EVT_TICK, plugin_on_tick, "tick"},
+	{MOSQ_EVT_BASIC_AUTH, auth_basic_callback, "CONNECT (identity mode)"},
 };
 
 #define PLUGIN_CALLBACK_COUNT (sizeof(plugin_callbacks) / sizeof(plugin_callbacks[0]))
+
+
+/* BASIC_AUTH only in identity mode: otherwise CONNECT stays the broker's business. */
+static bool plugin_wants(const struct policyd_plugin *plugin, const struct plugin_callback *cb)
+{
+	return cb->event != MOSQ_EVT_BASIC_AUTH || plugin->config.identity == IDENTITY_CERT;
+}
 
 
 static void plugin_unregister(struct policyd_plugin *plugin)
@@ -86,6 +95,9 @@ static void plugin_unregister(struct policyd_plugin *plugin)
 	int rc;
 
 	for(i = 0; i < PLUGIN_CALLBACK_COUNT && i < plugin->callbacks_registered; i++){
+		if(!plugin_wants(plugin, &plugin_callbacks[i])){
+			continue;
+		}
 		rc = mosquitto_callback_unregister(plugin->identifier, plugin_callbacks[i].event,
 				plugin_callbacks[i].callback, NULL);
 		if(rc != MOSQ_ERR_SUCCESS){
@@ -110,6 +122,7 @@ static void plugin_free(struct policyd_plugin *plugin)
 	plugin->cache = NULL;
 	plugin->client = NULL;
 	config_free(&plugin->config);
+	link_tls_free(&plugin->tls);
 	free(plugin);
 }
 
@@ -119,9 +132,17 @@ static int plugin_start_client(struct policyd_plugin *plugin)
 	struct policy_client_options opts = {
 		.target = plugin->config.address,
 		.timeout_ms = plugin->config.timeout_ms,
+		.tls = &plugin->tls,
 	};
 	const char *errmsg = "unknown error";
+	const char *path = NULL;
 
+	errmsg = link_tls_load(&plugin->tls, plugin->config.tls_ca, plugin->config.tls_cert,
+			plugin->config.tls_key, &path);
+	if(errmsg != NULL){
+		plog(MOSQ_LOG_ERR, "mutual TLS to policyd: %s%s%s", path ? path : "", path ? ": " : "", errmsg);
+		return MOSQ_ERR_INVAL;
+	}
 	plugin->client = policy_client_create(&opts, &errmsg);
 	if(plugin->client == NULL){
 		plog(MOSQ_LOG_ERR, "cannot create the gRPC client: %s", errmsg);
@@ -145,6 +166,7 @@ static int plugin_start_watch(struct policyd_plugin *plugin)
 		.target = plugin->config.address,
 		.broker_id = plugin->config.broker_id,
 		.generation = &plugin->generation,
+		.tls = &plugin->tls,
 	};
 	const char *errmsg = "unknown error";
 
@@ -164,6 +186,10 @@ static int plugin_register(struct policyd_plugin *plugin)
 
 	while(plugin->callbacks_registered < PLUGIN_CALLBACK_COUNT){
 		cb = &plugin_callbacks[plugin->callbacks_registered];
+		if(!plugin_wants(plugin, cb)){
+			plugin->callbacks_registered++;
+			continue;
+		}
 		rc = mosquitto_callback_register(plugin->identifier, cb->event, cb->callback, NULL, plugin);
 		if(rc != MOSQ_ERR_SUCCESS){
 			plog(MOSQ_LOG_ERR, "cannot register the %s callback: %s", cb->what, mosquitto_strerror(rc));
@@ -210,6 +236,7 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 	}
 	plugin->identifier = identifier;
 	acl_limiters_init(plugin);
+	auth_init(&plugin->auth);
 
 	rc = config_parse(&plugin->config, options, option_count);
 	if(rc == MOSQ_ERR_SUCCESS){
@@ -231,6 +258,10 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 	}
 
 	*userdata = plugin;
+	if(plugin->config.identity == IDENTITY_CERT){
+		plog(MOSQ_LOG_INFO, "identity mode: CONNECT decided by policyd from the client certificate "
+				"(needs require_certificate true, use_identity_as_username false)");
+	}
 	plog(MOSQ_LOG_INFO, "ACL checks go to %s (timeout %d ms, cache %d entries up to %d s, "
 			"on_error %s, breaker after %d deadline misses for %d ms)",
 			plugin->config.address, plugin->config.timeout_ms, plugin->config.cache_size,
@@ -251,6 +282,9 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 		return MOSQ_ERR_SUCCESS;
 	}
 	stats_log(plugin);
+	if(plugin->config.identity == IDENTITY_CERT){
+		auth_log_stats(plugin);
+	}
 	plugin_free(plugin);
 	return MOSQ_ERR_SUCCESS;
 }

@@ -11,9 +11,11 @@
 
 #include <mosquitto_broker.h>
 
+#include "auth.h"
 #include "breaker.h"
 #include "cache.h"
 #include "config.h"
+#include "link_tls.h"
 #include "logging.h"
 #include "policy_client.h"
 #include "watch.h"
@@ -57,6 +59,8 @@ struct policyd_plugin {
 	uint64_t cache_generation;            /* generation the cache was last flushed to */
 	struct breaker breaker;
 	int64_t stats_next_ms;                /* next periodic stats line/report */
+	struct policyd_auth auth;             /* identity mode: CONNECT counters, log limiters */
+	struct link_tls tls;                  /* mutual TLS to policyd, if configured */
 };
 
 #endif

@@ -38,6 +38,7 @@ enum policy_error {
 struct policy_client_options {
 	const char *target;      /* gRPC target, e.g. "unix:/run/policyd/policyd.sock" */
 	int timeout_ms;          /* deadline of each call, > 0 */
+	const struct link_tls *tls;  /* NULL or not loaded: plaintext (link_tls.h) */
 };
 
 struct policy_check_request {
@@ -76,6 +77,33 @@ struct policy_shim_stats {
 	int breaker_open;
 };
 
+/* Identity mode: one client asking to CONNECT (policyd.v1.AuthenticateRequest).
+ * The password is sent only for a client without a certificate, and only
+ * over a unix socket (auth.c decides); never logged or cached. */
+struct policy_auth_request {
+	const char *client_id;
+	size_t client_id_len;
+	const char *username;        /* NULL: none in CONNECT */
+	size_t username_len;
+	int has_password;
+	const char *password;        /* NULL: not sent (see above) */
+	size_t password_len;
+	const unsigned char *certificate_der;  /* NULL: no client certificate */
+	size_t certificate_der_len;
+	const char *peer_address;    /* NULL allowed */
+};
+
+#define POLICY_IDENTITY_MAX 257  /* identities are at most 256 bytes (policyd.identity) */
+
+struct policy_auth_result {
+	enum policy_outcome outcome;      /* anything but POLICY_ALLOW refuses the CONNECT */
+	enum policy_error error;          /* POLICY_ERR_NONE unless outcome == POLICY_ERROR */
+	int grpc_status;
+	uint64_t generation;
+	char username[POLICY_IDENTITY_MAX]; /* on allow: the identity, NUL-terminated, non-empty */
+	char detail[POLICY_DETAIL_MAX];   /* deny reason or error; untrusted text */
+};
+
 struct policy_client;
 
 /* Calls grpc_init(), creates the channel and the completion queue and starts
@@ -86,11 +114,22 @@ struct policy_client *policy_client_create(const struct policy_client_options *o
 /* Releases everything and calls grpc_shutdown(). NULL is allowed. */
 void policy_client_destroy(struct policy_client *client);
 
+/* Decodes a serialized CheckAclResponse into *result (anything malformed or
+ * with an unknown result value becomes POLICY_ERROR / POLICY_ERR_PROTOCOL).
+ * Pure: used by policy_client_check() and by the fuzz targets in fuzz/. */
+void policy_response_decode(const uint8_t *data, size_t len, struct policy_check_result *result);
+
 /* One unary CheckAcl call, bounded by timeout_ms (plus a small margin).
  * Always fills *result; anything but POLICY_ALLOW must be treated as deny. */
 void policy_client_check(struct policy_client *client,
 		const struct policy_check_request *request,
 		struct policy_check_result *result);
+
+/* One unary Authenticate call, same deadline as a check. Always fills
+ * *result; anything but POLICY_ALLOW must refuse the connection. */
+void policy_client_authenticate(struct policy_client *client,
+		const struct policy_auth_request *request,
+		struct policy_auth_result *result);
 
 /* Starts one ReportStats call and returns without waiting; the client's
  * background thread reaps it. Returns 0 when sent, -1 when skipped because

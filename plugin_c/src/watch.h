@@ -20,6 +20,7 @@ struct watch_options {
 	const char *target;              /* gRPC target of policyd, as for checks */
 	const char *broker_id;           /* sent in WatchRequest, for the daemon's logs */
 	_Atomic uint64_t *generation;    /* raised (never lowered) as events arrive */
+	const struct link_tls *tls;      /* NULL or not loaded: plaintext (link_tls.h) */
 };
 
 struct watch_stats {

@@ -39,16 +39,26 @@ def add_subparser(sub) -> None:
                    help="log every decision, or only denials and errors (default all)")
     p.add_argument("--decision-log-sample", type=int, default=1, metavar="N",
                    help="log 1 in N allows; denials and errors are always logged (default 1)")
+    for flag, what in (("--tls-ca", "CA that signs the brokers' link certificates"),
+                       ("--tls-cert", "this daemon's certificate (policyd certs server)"),
+                       ("--tls-key", "its key")):
+        p.add_argument(flag, metavar="PEM", help=f"mutual TLS on TCP listeners: {what}; "
+                       "give all three (docs/identity.md)")
     p.set_defaults(func=cmd_serve)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from ..server.link_tls import LinkTls
     from ..server.logs import DecisionLogOptions, configure_logging
     from ..server.serve import ServeOptions, serve
 
     configure_logging(args.log_level, args.log_format)
     if args.decision_log_sample < 1:
         print("policyd serve: --decision-log-sample must be at least 1", file=sys.stderr)
+        return 2
+    tls_files = (args.tls_ca, args.tls_cert, args.tls_key)
+    if any(tls_files) and not all(tls_files):
+        print("policyd serve: --tls-ca, --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
     decision_log = None
     if args.decision_log:
@@ -59,4 +69,4 @@ def cmd_serve(args: argparse.Namespace) -> int:
         socket_mode=args.socket_mode, socket_group=args.socket_group,
         cache_ttl_ms=args.cache_ttl_ms, workers=args.workers,
         metrics_listen=args.metrics_listen, dry_run=args.dry_run, decision_log=decision_log,
-        watch_rules=args.watch))
+        watch_rules=args.watch, tls=LinkTls(*tls_files) if all(tls_files) else None))

@@ -16,6 +16,8 @@ from typing import Iterator, NamedTuple
 
 import yaml
 
+from ..identity.passwords import read_passwords
+from ..identity.spec import IdentitySpec, Revocations, read_identity, read_revoked
 from . import topics
 from .fastyaml import STR_TAG, compose, no_gc
 from .model import ACCESS_WORDS, Problem, SourceRef
@@ -23,7 +25,8 @@ from .shadow import shadow_warnings
 from .templates import TEMPLATES, TemplateError, compile_topic
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
-TOP_LEVEL_KEYS = ("superusers", "users", "groups", "certificates", "patterns", "anonymous")
+TOP_LEVEL_KEYS = ("superusers", "users", "groups", "certificates", "patterns", "anonymous",
+                  "identity", "revoked", "passwords")  # the last three: policyd.identity
 RULE_KEYS = ("topic", "access")
 GROUP_KEYS = ("members", "rules")
 CERTIFICATE_KEYS = ("match", "rules")
@@ -77,6 +80,9 @@ class PolicySpec:
     patterns: tuple[RuleSpec, ...] = ()
     anonymous: tuple[RuleSpec, ...] = ()
     warnings: tuple[Problem, ...] = ()
+    identity: IdentitySpec = IdentitySpec()   # certificate → identity at CONNECT (docs/identity.md)
+    revoked: Revocations = Revocations()      # certificates refused at CONNECT and kicked on reload
+    passwords: dict = field(default_factory=dict)  # username -> PasswordHash (password clients)
 
 
 class PolicyLoadError(Exception):
@@ -349,6 +355,15 @@ class _Reader:
                 continue
             out.append((attr, values))
         return tuple(out)
+
+    def _section_identity(self, node: yaml.Node, key: str) -> IdentitySpec:
+        return read_identity(self, node, key)
+
+    def _section_revoked(self, node: yaml.Node, key: str) -> Revocations:
+        return read_revoked(self, node, key)
+
+    def _section_passwords(self, node: yaml.Node, key: str) -> dict:
+        return read_passwords(self, node, key)
 
     def _section_patterns(self, node: yaml.Node, key: str) -> tuple[RuleSpec, ...]:
         return self.rules(node, key, pattern=True)

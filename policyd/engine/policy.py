@@ -20,6 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ..identity.spec import IdentityPolicy
 from . import topics
 from .fastyaml import no_gc
 from .loader import CertificateSpec, PolicySpec, RuleSpec, identity_problem
@@ -159,6 +160,7 @@ class CompiledPolicy:
     certificates: tuple[CertificateRules, ...] = ()
     # (attribute, value) -> indexes into `certificates` of the entries accepting it
     certificate_index: dict[tuple[str, str], tuple[int, ...]] = field(default_factory=dict)
+    identity: IdentityPolicy = IdentityPolicy()  # Authenticate's settings (policyd.identity)
 
     def rule_sets(self, ident: Identity, attributes=None) -> tuple[RuleSet, ...]:
         """The rule sets that apply to a client, in the order they are checked."""
@@ -228,6 +230,7 @@ def _compile(spec: PolicySpec) -> CompiledPolicy:
         rule_count=rule_count,
         certificates=certificates,
         certificate_index={k: tuple(v) for k, v in index.items()},
+        identity=IdentityPolicy(spec.identity, spec.revoked, spec.passwords),
     )
 
 

@@ -63,6 +63,7 @@ class IdentityPolicy:
 
     spec: IdentitySpec = field(default_factory=IdentitySpec)
     revoked: Revocations = field(default_factory=Revocations)
+    passwords: dict = field(default_factory=dict)  # username -> passwords.PasswordHash
 
 
 def parse_serial(text: str) -> int | None:
@@ -81,8 +82,15 @@ def parse_fingerprint(text: str) -> str | None:
     return t if len(t) == 64 and _HEX.match(t) else None
 
 
+def is_empty(node) -> bool:
+    """A section written with nothing under it (YAML null)."""
+    return isinstance(getattr(node, "value", None), str) and getattr(node, "tag", "").endswith(":null")
+
+
 def read_identity(reader, node, key: str) -> IdentitySpec:
     values: dict[str, object] = {}
+    if is_empty(node):
+        return IdentitySpec()
     for name, knode, vnode in reader.mapping(node, key):
         vkey = f"{key}.{name}"
         if name == "source":
@@ -111,6 +119,8 @@ def read_identity(reader, node, key: str) -> IdentitySpec:
 def read_revoked(reader, node, key: str) -> Revocations:
     serials: set[int] = set()
     prints: set[str] = set()
+    if is_empty(node):
+        return Revocations()
     for name, knode, vnode in reader.mapping(node, key):
         vkey = f"{key}.{name}"
         if name not in REVOKED_KEYS:

@@ -84,6 +84,15 @@ class DaemonCollector:
         for access in ACCESSES:
             would_deny.add_metric([access], counts.get(f"would_deny.{access}", 0))
         yield would_deny
+        # Identity mode (docs/identity.md): Authenticate answers; reasons are fixed words, never client text.
+        connects = CounterMetricFamily("policyd_connects", "Authenticate answers at CONNECT by result "
+                                       "and refusal reason", labels=["result", "reason"])
+        connects.add_metric(["allow", ""], counts.get("auth.allow", 0))
+        connects.add_metric(["error", "internal"], counts.get("auth.error", 0))
+        for key, count in sorted(counts.items()):
+            if key.startswith("auth.deny."):
+                connects.add_metric(["deny", key[len("auth.deny."):]], count)
+        yield connects
 
     def _policy(self) -> Iterable:
         st = self.store.status()

@@ -15,6 +15,7 @@ import grpc
 from ..engine import PolicyLoadError
 from ..v1 import policy_pb2_grpc as pb_grpc
 from . import listen
+from .link_tls import LinkTls
 from .logs import DecisionLog, DecisionLogOptions
 from .service import AdminService, PolicyService
 from .store import PolicyStore
@@ -38,6 +39,7 @@ class ServeOptions:
     dry_run: bool = False  # answer allow; count and log what the policy would deny
     decision_log: Optional[DecisionLogOptions] = None
     watch_rules: bool = True  # reload when the rules file changes on disk
+    tls: Optional[LinkTls] = None  # mutual TLS on TCP listeners (link_tls.py)
 
 
 class Daemon:
@@ -132,6 +134,10 @@ class Daemon:
                 raise listen.ListenError(f"cannot listen on {endpoint.target}")
             self._unix_paths.append(endpoint.unix_path)
             listen.secure_unix_socket(endpoint.unix_path, mode, group)
+            return
+        if self.opts.tls is not None:  # mutual TLS: any address, only clients of the link CA
+            if not server.add_secure_port(endpoint.target, self.opts.tls.server_credentials()):
+                raise listen.ListenError(f"cannot listen on {endpoint.target}")
             return
         if not listen.is_loopback(endpoint.host) and not self.opts.allow_remote_plaintext:
             raise listen.ListenError(

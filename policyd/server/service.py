@@ -12,6 +12,7 @@ import grpc
 from .. import __version__
 from ..engine import Access, Problem, Request
 from ..engine.scope import cache_scope
+from ..identity.authenticate import Authenticator
 from ..v1 import policy_pb2 as pb
 from ..v1 import policy_pb2_grpc as pb_grpc
 from . import watch_stream
@@ -53,6 +54,10 @@ class PolicyService(pb_grpc.PolicyServicer):
         self.decision_log = None  # logs.DecisionLog
         self.dry_run = False      # answer allow, count and log what would be denied
         self._dry_run_log = RateLimitedLog(logging.getLogger("policyd.dryrun"), interval_s=1.0)
+        # Identity mode (issue 6): CONNECT answers, and each identity's certificate attributes.
+        self.authenticator = Authenticator(store, self.counters)
+        if hasattr(store, "kick_sources"):  # a reload that revokes a certificate kicks its identity
+            store.kick_sources.append(self.authenticator.revoked_usernames)
 
     def CheckAcl(self, request: pb.CheckAclRequest, context: grpc.ServicerContext) -> pb.CheckAclResponse:
         started = time.perf_counter()
@@ -60,6 +65,11 @@ class PolicyService(pb_grpc.PolicyServicer):
         if self.latency is not None:
             self.latency.observe(time.perf_counter() - started)
         return answer
+
+    def Authenticate(self, request: pb.AuthenticateRequest,
+                     context: grpc.ServicerContext) -> pb.AuthenticateResponse:
+        """Identity mode: who a connecting client is, or why it may not connect (policyd.identity)."""
+        return self.authenticator.authenticate(request, context.peer())
 
     def Watch(self, request: pb.WatchRequest, context: grpc.ServicerContext):
         """Generations and kicks for the shim's watch thread (watch_stream.py)."""
@@ -75,7 +85,8 @@ class PolicyService(pb_grpc.PolicyServicer):
             self._errors.warning("bad-access", "CheckAcl with unknown access value %d: denied", request.access)
             return pb.CheckAclResponse(result=pb.RESULT_DENY, generation=policy.generation, rule="bad-request")
         username = request.username if request.has_username else None
-        subject = Request(username, request.client_id, request.topic, access)
+        subject = Request(username, request.client_id, request.topic, access,
+                          self.authenticator.sessions.attributes(username))
         try:
             decision = policy.decide(subject)
         except Exception:  # never let a bug become an allow, or an unanswered broker

@@ -76,6 +76,8 @@ class PolicyStore:
         self._listeners: list[SwapListener] = []
         self._listener_lock = threading.Lock()
         self._history: collections.deque[PolicySwap] = collections.deque(maxlen=SWAP_HISTORY)
+        # Extra kick sources, e.g. identities whose certificate the new policy revokes (policyd.identity).
+        self.kick_sources: list[Callable[[CompiledPolicy, CompiledPolicy], frozenset[str]]] = []
 
     @property
     def current(self) -> CompiledPolicy:
@@ -136,7 +138,10 @@ class PolicyStore:
         if old is None:
             return frozenset()
         try:
-            return usernames_to_kick(old, new)
+            kicks = usernames_to_kick(old, new)
+            for source in self.kick_sources:
+                kicks |= source(old, new)
+            return kicks
         except Exception:  # the new policy is in force either way; only the kicks are lost
             self.kick_errors += 1
             log.exception("cannot work out whom generation %d takes access from: nobody is "

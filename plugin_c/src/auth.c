@@ -1,0 +1,172 @@
+/*
+ * MOSQ_EVT_BASIC_AUTH in identity mode: certificate (DER) + client id +
+ * username presence + password presence + peer address go to
+ * Policy.Authenticate; allow sets the username to the daemon's identity,
+ * anything else refuses the CONNECT. Never cached: every CONNECT is asked,
+ * so a revoked certificate is refused at its next attempt. The password is
+ * never read beyond "was there one".
+ */
+#include <inttypes.h>
+#include <stdbool.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/x509.h>
+
+#include <mosquitto.h>
+#include <mosquitto_broker.h>
+#include <mosquitto_plugin.h>
+
+#include "auth.h"
+#include "plugin_state.h"
+
+#define AUTH_DENIED_LOG_BURST 20
+#define AUTH_REJECTED_LOG_BURST 5
+#define AUTH_ERROR_LOG_BURST 1
+
+
+void auth_init(struct policyd_auth *auth)
+{
+	memset(auth, 0, sizeof(*auth));
+	log_limiter_init(&auth->denied_log, AUTH_DENIED_LOG_BURST);
+	log_limiter_init(&auth->rejected_log, AUTH_REJECTED_LOG_BURST);
+	log_limiter_init(&auth->error_log, AUTH_ERROR_LOG_BURST);
+}
+
+
+/* The client's certificate as DER (OPENSSL_free it), or NULL. */
+static unsigned char *client_certificate_der(struct mosquitto *client, size_t *len)
+{
+	unsigned char *der = NULL;
+	X509 *cert;
+	int n;
+
+	*len = 0;
+	cert = mosquitto_client_certificate(client); /* a new reference, or NULL */
+	if(cert == NULL){
+		return NULL;
+	}
+	n = i2d_X509(cert, &der);
+	X509_free(cert);
+	if(n <= 0){
+		return NULL;
+	}
+	*len = (size_t)n;
+	return der;
+}
+
+
+static int auth_refuse_local(struct policyd_plugin *plugin, const char *client_id, const char *why)
+{
+	char shown[LOG_IDENT_MAX];
+
+	plugin->auth.rejected++;
+	if(log_limiter_admit(&plugin->auth.rejected_log)){
+		plog_admitted(&plugin->auth.rejected_log, MOSQ_LOG_WARNING, "CONNECT of client '%s' refused: %s",
+				log_sanitize_str(shown, sizeof(shown), client_id), why);
+	}
+	return MOSQ_ERR_AUTH;
+}
+
+
+static int auth_refuse(struct policyd_plugin *plugin, const char *client_id,
+		const struct policy_auth_result *res)
+{
+	char shown[LOG_IDENT_MAX];
+	char detail[LOG_TOPIC_MAX];
+
+	if(res->outcome == POLICY_DENY){
+		plugin->auth.denied++;
+		if(log_limiter_admit(&plugin->auth.denied_log)){
+			plog_admitted(&plugin->auth.denied_log, MOSQ_LOG_NOTICE, "CONNECT of client '%s' refused by policyd: %s",
+					log_sanitize_str(shown, sizeof(shown), client_id),
+					log_sanitize_str(detail, sizeof(detail), res->detail));
+		}
+		return MOSQ_ERR_AUTH;
+	}
+	plugin->auth.errors[res->error < POLICY_ERR__COUNT ? res->error : POLICY_ERR_INTERNAL]++;
+	if(log_limiter_admit(&plugin->auth.error_log)){
+		plog_admitted(&plugin->auth.error_log, MOSQ_LOG_ERR, "CONNECT of client '%s' refused: no answer from "
+				"policyd (%s: %s)", log_sanitize_str(shown, sizeof(shown), client_id),
+				policy_error_name(res->error), log_sanitize(detail, sizeof(detail), res->detail, strlen(res->detail)));
+	}
+	return MOSQ_ERR_AUTH;
+}
+
+
+/* Passwords travel only over a unix socket: plaintext TCP is loopback-only
+ * but still readable by any local user who can sniff it. */
+static bool auth_may_send_password(const struct policyd_plugin *plugin, const struct mosquitto_evt_basic_auth *ed)
+{
+	return ed->username != NULL && ed->password != NULL
+		&& (strncmp(plugin->config.address, "unix:", 5) == 0 || link_tls_enabled(&plugin->tls));
+}
+
+
+static void auth_request_fill(struct policy_auth_request *req, struct mosquitto *client,
+		const struct mosquitto_evt_basic_auth *ed)
+{
+	const char *client_id = mosquitto_client_id(client);
+
+	memset(req, 0, sizeof(*req));
+	req->client_id = client_id;
+	req->client_id_len = client_id ? strlen(client_id) : 0;
+	req->username = ed->username;
+	req->username_len = ed->username ? strlen(ed->username) : 0;
+	req->has_password = ed->password != NULL;
+	req->peer_address = mosquitto_client_address(client);
+}
+
+
+int auth_basic_callback(int event, void *event_data, void *userdata)
+{
+	struct policyd_plugin *plugin = userdata;
+	struct mosquitto_evt_basic_auth *ed = event_data;
+	struct policy_auth_request req;
+	struct policy_auth_result res;
+	unsigned char *der;
+	size_t der_len;
+	int rc;
+
+	(void)event;
+	if(plugin == NULL || ed == NULL || ed->client == NULL){
+		return MOSQ_ERR_AUTH;
+	}
+	auth_request_fill(&req, ed->client, ed);
+	der = client_certificate_der(ed->client, &der_len);
+	if(der == NULL && !auth_may_send_password(plugin, ed)){
+		return auth_refuse_local(plugin, req.client_id, "no client certificate, and no password that may "
+				"be sent to policyd (a password client needs a username, a password and a unix: address)");
+	}
+	if(der == NULL){
+		req.password = ed->password;
+		req.password_len = strlen(ed->password);
+	}
+	req.certificate_der = der;
+	req.certificate_der_len = der_len;
+	policy_client_authenticate(plugin->client, &req, &res);
+	if(der != NULL){
+		OPENSSL_free(der);
+	}
+	if(res.outcome != POLICY_ALLOW){
+		return auth_refuse(plugin, req.client_id, &res);
+	}
+	rc = mosquitto_set_username(ed->client, res.username);
+	if(rc != MOSQ_ERR_SUCCESS){
+		return auth_refuse_local(plugin, req.client_id, "cannot set the username to policyd's identity");
+	}
+	plugin->auth.allowed++;
+	return MOSQ_ERR_SUCCESS;
+}
+
+
+void auth_log_stats(const struct policyd_plugin *plugin)
+{
+	const struct policyd_auth *a = &plugin->auth;
+
+	plog(MOSQ_LOG_INFO, "identity: connects allowed=%" PRIu64 " denied=%" PRIu64 " rejected=%" PRIu64
+			" errors: unavailable=%" PRIu64 " deadline=%" PRIu64 " status=%" PRIu64 " protocol=%" PRIu64
+			" internal=%" PRIu64, a->allowed, a->denied, a->rejected,
+			a->errors[POLICY_ERR_UNAVAILABLE], a->errors[POLICY_ERR_DEADLINE], a->errors[POLICY_ERR_STATUS],
+			a->errors[POLICY_ERR_PROTOCOL], a->errors[POLICY_ERR_INTERNAL]);
+}

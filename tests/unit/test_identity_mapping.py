@@ -1,0 +1,377 @@
+"""Certificate → identity mapping, revocation and the rules-file sections (policyd.identity)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import threading
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from policyd.engine import PolicyLoadError, compile_policy, parse_text
+from policyd.identity import IdentityPolicy, IdentitySpec, Refused, Revocations, identify
+from policyd.identity.authenticate import Authenticator
+from policyd.identity.sessions import SessionRegistry
+from policyd.identity.spec import parse_fingerprint, parse_serial
+from policyd.v1 import policy_pb2 as pb
+
+NOW = dt.datetime(2026, 6, 1, tzinfo=dt.timezone.utc)
+CA_KEY = ec.generate_private_key(ec.SECP256R1())
+CA_NAME = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test CA")])
+CA = (x509.CertificateBuilder().subject_name(CA_NAME).issuer_name(CA_NAME)
+      .public_key(CA_KEY.public_key()).serial_number(1)
+      .not_valid_before(NOW - dt.timedelta(days=365)).not_valid_after(NOW + dt.timedelta(days=365))
+      .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+      .sign(CA_KEY, hashes.SHA256()))
+
+
+def cert_der(*subject: tuple, sans: tuple = (), serial: int = 0x1F3A, days=(-1, 30), key=CA_KEY) -> bytes:
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(oid, v) for oid, v in subject]))
+               .issuer_name(CA_NAME).public_key(ec.generate_private_key(ec.SECP256R1()).public_key())
+               .serial_number(serial)
+               .not_valid_before(NOW + dt.timedelta(days=days[0]))
+               .not_valid_after(NOW + dt.timedelta(days=days[1])))
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+CN = NameOID.COMMON_NAME
+OU = NameOID.ORGANIZATIONAL_UNIT_NAME
+DEFAULT = IdentityPolicy()
+
+
+def ident(der: bytes, policy: IdentityPolicy = DEFAULT):
+    return identify(der, policy, NOW)
+
+
+def refusal(der: bytes, policy: IdentityPolicy = DEFAULT) -> str:
+    with pytest.raises(Refused) as info:
+        ident(der, policy)
+    return str(info.value)
+
+
+def source(name: str, template: str = "") -> IdentityPolicy:
+    return IdentityPolicy(IdentitySpec(source=name, template=template))
+
+
+# --- mapping ---------------------------------------------------------------
+
+def test_cn_is_the_default_identity_and_attributes_are_collected():
+    got = ident(cert_der((CN, "Device123"), (OU, "sensors"), (OU, "eu"),
+                         sans=(x509.DNSName("d123.example"),)))
+    assert got.username == "Device123"
+    assert got.serial == 0x1F3A
+    assert got.attributes["OU"] == ("sensors", "eu")
+    assert got.attributes["san_dns"] == ("d123.example",)
+    assert "serial" not in got.attributes
+
+
+@pytest.mark.parametrize("name, general, expected", [
+    ("san-dns", x509.DNSName("d1.example"), "d1.example"),
+    ("san-email", x509.RFC822Name("d1@example.org"), "d1@example.org"),
+    ("san-uri", x509.UniformResourceIdentifier("urn:device:d1"), "urn:device:d1"),
+])
+def test_san_sources(name, general, expected):
+    assert ident(cert_der((CN, "ignored"), sans=(general,)), source(name)).username == expected
+
+
+def test_san_uri_with_a_slash_is_refused_like_any_unsafe_identity():
+    der = cert_der((CN, "x"), sans=(x509.UniformResourceIdentifier("https://example/d1"),))
+    assert "contains '/'" in refusal(der, source("san-uri"))
+
+
+def test_serial_source_is_lower_case_hex():
+    assert ident(cert_der((CN, "x"), serial=0xABC123), source("serial")).username == "abc123"
+
+
+def test_template_source_combines_fields():
+    der = cert_der((CN, "D1"), (NameOID.ORGANIZATION_NAME, "Acme"))
+    assert ident(der, source("template", "{O}-{CN}")).username == "Acme-D1"
+    assert "no OU" in refusal(der, source("template", "{OU}-{CN}"))
+
+
+@pytest.mark.parametrize("subject, why", [
+    (((CN, "#"),), "contains '#'"),
+    (((CN, "+"),), "contains '+'"),
+    (((CN, "a/b"),), "contains '/'"),
+    (((CN, "a\x00b"),), "contains '\\x00'"),
+    (((CN, "a\nb"),), "control characters"),
+    (((OU, "only-ou"),), "certificate has no CN"),
+    (((CN, "one"), (CN, "two")), "2 CN values"),
+    (((CN, "x" * 64), (OU, "y")), None),  # 64 is fine
+])
+def test_unusable_identities_are_refused(subject, why):
+    der = cert_der(*subject)
+    if why is None:
+        assert ident(der).username == "x" * 64
+    else:
+        assert why in refusal(der)
+
+
+def test_missing_and_ambiguous_sans_are_refused():
+    assert "no SAN DNS" in refusal(cert_der((CN, "x")), source("san-dns"))
+    two = cert_der((CN, "x"), sans=(x509.DNSName("a.example"), x509.DNSName("b.example")))
+    assert "2 SAN DNS values" in refusal(two, source("san-dns"))
+
+
+def test_invalid_utf8_in_the_subject_is_refused():
+    der = cert_der((CN, "ZZZZ"), (OU, "WWWW"))
+    bad = der.replace(b"ZZZZ", b"\xff\xfe\xff\xfe")
+    assert bad != der
+    assert "not valid text" in refusal(bad) or "unreadable" in refusal(bad)
+
+
+def test_no_certificate_and_garbage_are_refused():
+    assert "no client certificate" in refusal(b"")
+    assert "unreadable certificate" in refusal(b"\x30\x03\x02\x01\x01")
+
+
+# --- validity, issuer, revocation -------------------------------------------
+
+def test_expired_and_not_yet_valid_are_refused_unless_the_check_is_off():
+    expired = cert_der((CN, "old"), days=(-30, -1))
+    assert "expired" in refusal(expired)
+    assert "not valid before" in refusal(cert_der((CN, "new"), days=(2, 30)))
+    lenient = IdentityPolicy(IdentitySpec(check_expiry=False))
+    assert ident(expired, lenient).username == "old"
+
+
+def test_issuer_pin_accepts_only_certificates_signed_by_a_pinned_ca():
+    pinned = IdentityPolicy(IdentitySpec(issuers=(CA,)))
+    assert ident(cert_der((CN, "ok")), pinned).username == "ok"
+    forged = cert_der((CN, "forged"), key=ec.generate_private_key(ec.SECP256R1()))  # same issuer name
+    assert "not a pinned issuer" in refusal(forged, pinned)
+
+
+def test_revocation_by_serial_and_by_fingerprint():
+    der = cert_der((CN, "D1"), serial=0xBEEF)
+    fingerprint = hashlib.sha256(der).hexdigest()
+    assert "serial beef is revoked" in refusal(der, IdentityPolicy(revoked=Revocations(serials=frozenset({0xBEEF}))))
+    assert "is revoked" in refusal(der, IdentityPolicy(revoked=Revocations(sha256=frozenset({fingerprint}))))
+    assert ident(der, IdentityPolicy(revoked=Revocations(serials=frozenset({0xBEEE})))).username == "D1"
+
+
+# --- rules-file sections ------------------------------------------------------
+
+def test_identity_and_revoked_sections_are_loaded():
+    fp = "AB:" * 31 + "AB"
+    policy = compile_policy(parse_text(f"""\
+identity:
+  source: template
+  template: "{{OU}}-{{CN}}"
+  check_expiry: false
+revoked:
+  serials: ["0x1f3a", "1F:3B", "8000"]
+  sha256: ["{fp}"]
+users: {{}}
+""".encode()))
+    assert policy.identity.spec.source == "template"
+    assert policy.identity.spec.check_expiry is False
+    assert policy.identity.revoked.serials == {0x1F3A, 0x1F3B, 8000}
+    assert policy.identity.revoked.sha256 == {"ab" * 32}
+
+
+def test_a_file_without_the_sections_keeps_cn_and_no_revocations():
+    policy = compile_policy(parse_text(b"users: {}\n"))
+    assert policy.identity == IdentityPolicy()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("identity:\n  source: ou\n", "unknown source 'ou'"),
+    ("identity:\n  source: template\n", "`template` is required"),
+    ("identity:\n  source: template\n  template: fixed\n", "without any {field}"),
+    ("identity:\n  source: template\n  template: '{CN}-{password}'\n", "unknown template field {password}"),
+    ("identity:\n  issuers: [/nonexistent/ca.pem]\n", "cannot read issuer certificates"),
+    ("identity:\n  check_expiry: maybe\n", "expected true or false"),
+    ("revoked:\n  serials: [zz]\n", "is not a serial"),
+    ("revoked:\n  sha256: [abcd]\n", "is not a SHA-256 fingerprint"),
+    ("revoked:\n  crl: x\n", "unknown key 'crl'"),
+])
+def test_bad_sections_are_reported_with_location(text, message):
+    with pytest.raises(PolicyLoadError) as info:
+        parse_text(text.encode(), "rules.yaml")
+    shown = [str(p) for p in info.value.problems]
+    assert any(message in s and s.startswith("rules.yaml:") for s in shown), shown
+
+
+def test_serial_and_fingerprint_parsing():
+    assert parse_serial("0x1F3a") == parse_serial("1f:3a") == 0x1F3A
+    assert parse_serial("123") == 123
+    assert parse_serial("xyz") is None and parse_serial("") is None
+    assert parse_fingerprint("00" * 32) == "00" * 32
+    assert parse_fingerprint("00" * 31) is None
+
+
+# --- sessions and the Authenticate answer --------------------------------------
+
+def test_sessions_name_the_identities_a_revocation_kicks_and_forget_them():
+    sessions = SessionRegistry()
+    a, b = ident(cert_der((CN, "A"), serial=10)), ident(cert_der((CN, "B"), serial=11))
+    sessions.remember(a)
+    sessions.remember(b)
+    assert sessions.attributes(b"A")["CN"] == ("A",)
+    assert sessions.revoked_usernames(Revocations(serials=frozenset({10}))) == {"A"}
+    assert sessions.revoked_usernames(Revocations(serials=frozenset({10}))) == frozenset()
+    assert sessions.revoked_usernames(Revocations(sha256=frozenset({b.fingerprint}))) == {"B"}
+    assert sessions.attributes(b"\xff") == {} and sessions.attributes(None) == {}
+
+
+def test_sessions_are_bounded():
+    sessions = SessionRegistry(limit=2)
+    for i, name in enumerate("ABC"):
+        sessions.remember(ident(cert_der((CN, name), serial=100 + i)))
+    assert len(sessions) == 2 and sessions.attributes("A") == {}
+
+
+class _Store:
+    def __init__(self, policy):
+        self.current = policy
+
+
+class _Counters:
+    def __init__(self):
+        self.keys: list[str] = []
+        self._lock = threading.Lock()
+
+    def add(self, key):
+        with self._lock:
+            self.keys.append(key)
+
+
+def _authenticator(rules: bytes = b"users: {}\n"):
+    policy = compile_policy(parse_text(rules)).with_generation(7)
+    counters = _Counters()
+    return Authenticator(_Store(policy), counters), counters
+
+
+def test_authenticate_allows_with_identity_and_attributes():
+    auth, counters = _authenticator()
+    der = cert_der((CN, "D1"), (OU, "sensors"), days=(-1, 3650))
+    answer = auth.authenticate(pb.AuthenticateRequest(client_id=b"c1", certificate_der=der))
+    assert answer.result == pb.RESULT_ALLOW and answer.username == b"D1" and answer.generation == 7
+    assert ("OU", "sensors") in {(a.name, a.value) for a in answer.attributes}
+    assert counters.keys == ["auth.allow"]
+    assert auth.sessions.attributes("D1")["OU"] == ("sensors",)
+
+
+def test_authenticate_denies_with_reason_and_counts_by_kind(caplog):
+    auth, counters = _authenticator()
+    answer = auth.authenticate(pb.AuthenticateRequest(client_id=b"c\x00\xff", certificate_der=cert_der((CN, "#"), days=(-1, 3650))))
+    assert answer.result == pb.RESULT_DENY and answer.username == b""
+    assert "contains '#'" in answer.reason
+    assert counters.keys == ["auth.deny.unsafe-identity"]
+    assert "c\\x00\\xff" in caplog.text  # client text escaped in the log
+
+
+def test_authenticate_denies_when_something_breaks():
+    auth, counters = _authenticator()
+    auth.store = _Store(object())  # a policy without identity settings
+    answer = auth.authenticate(pb.AuthenticateRequest(certificate_der=cert_der((CN, "x"))))
+    assert answer.result == pb.RESULT_DENY and counters.keys == ["auth.error"]
+
+
+# --- password clients ------------------------------------------------------------
+
+from policyd.identity.passwords import hash_password, parse_hash, verify  # noqa: E402
+
+
+def test_password_hash_round_trip_and_constant_shape():
+    text = hash_password(b"pw", iterations=1000)
+    stored = parse_hash(text)
+    assert stored.matches(b"pw") and not stored.matches(b"pW")
+    assert "pw" not in repr(stored) and stored.digest.hex() not in repr(stored)
+    assert hash_password(b"pw", iterations=1000) != text  # salted
+
+
+@pytest.mark.parametrize("text, why", [
+    ("md5$1$a$b", "expected pbkdf2-sha256$"),
+    ("pbkdf2-sha256$10$AAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAA", "iterations must be"),
+    ("pbkdf2-sha256$1000$!!$AAAA", "base64"),
+    ("pbkdf2-sha256$1000$AA$AAAA", "too short"),
+])
+def test_bad_password_hashes_are_explained(text, why):
+    assert why in parse_hash(text)
+
+
+def test_verify_refuses_unknown_users_and_wrong_passwords():
+    users = {"alice": parse_hash(hash_password(b"pw", iterations=1000))}
+    assert verify(users, "alice", b"pw")
+    assert not verify(users, "alice", b"nope")
+    assert not verify(users, "mallory", b"pw")
+
+
+def test_passwords_section_is_validated_without_echoing_the_value():
+    good = hash_password(b"pw", iterations=1000)
+    policy = compile_policy(parse_text(f'passwords:\n  alice: "{good}"\n'.encode()))
+    assert policy.identity.passwords["alice"].matches(b"pw")
+    with pytest.raises(PolicyLoadError) as info:
+        parse_text(b'passwords:\n  "a/b": "x"\n  bob: "plaintext-secret"\n', "rules.yaml")
+    shown = [str(p) for p in info.value.problems]
+    assert any("contains '/'" in s for s in shown)
+    assert any("passwords.bob" in s and "expected pbkdf2-sha256$" in s for s in shown)
+    assert not any("plaintext-secret" in s for s in shown)
+
+
+def test_authenticate_password_client():
+    good = hash_password(b"pw", iterations=1000)
+    auth, counters = _authenticator(f'passwords:\n  alice: "{good}"\n'.encode())
+    ok = auth.authenticate(pb.AuthenticateRequest(has_username=True, username=b"alice",
+                                                  has_password=True, password=b"pw"))
+    assert ok.result == pb.RESULT_ALLOW and ok.username == b"alice"
+    bad = auth.authenticate(pb.AuthenticateRequest(has_username=True, username=b"alice\xff",
+                                                   has_password=True, password=b"pw"))
+    assert bad.result == pb.RESULT_DENY and bad.reason == "unknown username or wrong password"
+    assert counters.keys == ["auth.allow", "auth.deny.password"]
+
+
+def test_policyd_passwd_prints_an_entry_the_loader_accepts(monkeypatch, capsys):
+    import io
+
+    from policyd.cli import main
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("s3cret\n"))
+    assert main(["passwd", "alice", "--iterations", "1000"]) == 0
+    line = capsys.readouterr().out
+    assert "s3cret" not in line
+    policy = compile_policy(parse_text(f"passwords:\n  {line}".encode()))
+    assert policy.identity.passwords["alice"].matches(b"s3cret")
+    assert main(["passwd", "a#b"]) == 2
+
+
+def test_connect_answers_are_exported_as_metrics():
+    from policyd.server.metrics import DaemonCollector
+    from policyd.server.service import Counters
+
+    counters = Counters()
+    policy = compile_policy(parse_text(b"users: {}\n"))
+    auth = Authenticator(_Store(policy), counters)
+    auth.authenticate(pb.AuthenticateRequest(certificate_der=cert_der((CN, "ok"), days=(-1, 3650))))
+    auth.authenticate(pb.AuthenticateRequest(certificate_der=cert_der((CN, "a/b"), days=(-1, 3650))))
+    samples = {(s.labels["result"], s.labels["reason"]): s.value
+               for family in DaemonCollector._decisions(counters.snapshot()) if family.name == "policyd_connects"
+               for s in family.samples}
+    assert samples[("allow", "")] == 1 and samples[("deny", "unsafe-identity")] == 1
+
+
+def test_reload_kicks_revoked_certificates_and_changed_passwords():
+    keep, drop = hash_password(b"k", iterations=1000), hash_password(b"d", iterations=1000)
+    old = compile_policy(parse_text(f'passwords:\n  keep: "{keep}"\n  drop: "{drop}"\n  moved: "{drop}"\n'.encode()))
+    new_hash = hash_password(b"new", iterations=1000)
+    auth, _ = _authenticator()
+    cert = ident(cert_der((CN, "Dev1"), serial=0x77))
+    auth.sessions.remember(cert)
+    new = compile_policy(parse_text(f'passwords:\n  keep: "{keep}"\n  moved: "{new_hash}"\n'
+                                    f'revoked:\n  serials: ["0x77"]\n'.encode()))
+    assert auth.revoked_usernames(old, new) == {"drop", "moved", "Dev1"}
+    assert auth.revoked_usernames(new, new) == frozenset()
+
+
+def test_empty_sections_are_allowed():
+    policy = compile_policy(parse_text(b"identity:\nrevoked:\npasswords:\nusers: {}\n"))
+    assert policy.identity == IdentityPolicy()
