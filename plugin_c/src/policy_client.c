@@ -31,19 +31,17 @@
 #include <grpc/support/time.h>
 
 #include "policyd/v1/policy.pb-c.h"
+#include "link_tls.h"
 #include "policy_client.h"
 
 #define CHECK_ACL_METHOD "/policyd.v1.Policy/CheckAcl"
 #define REPORT_STATS_METHOD "/policyd.v1.Policy/ReportStats"
+#define AUTHENTICATE_METHOD "/policyd.v1.Policy/Authenticate"
 /* A stats report is best effort; it must never linger. */
 #define REPORT_STATS_TIMEOUT_MS 2000
-#define USER_AGENT "mosquitto-policyd/0.1"
 
 /* Reconnect quickly after a daemon restart (library defaults: 1 s initial,
  * 20 s minimum connect timeout, 120 s maximum backoff). */
-#define RECONNECT_INITIAL_MS 100
-#define RECONNECT_MIN_MS 100
-#define RECONNECT_MAX_MS 1000
 /* While checks keep failing with UNAVAILABLE, cut the reconnect backoff
  * short at most this often so a restarted daemon is found within ~this. */
 #define BACKOFF_RESET_INTERVAL_MS 200
@@ -63,6 +61,7 @@ struct policy_client {
 	grpc_completion_queue *cq;
 	grpc_slice method;
 	grpc_slice stats_method;
+	grpc_slice auth_method;
 	int timeout_ms;
 	uintptr_t next_tag;
 	gpr_timespec last_backoff_reset;
@@ -175,70 +174,6 @@ static void result_error(struct policy_check_result *result, enum policy_error e
 	result->cache_scope_len = 0;
 	result->rule[0] = '\0';
 	copy_bytes(result->detail, sizeof(result->detail), detail, strlen(detail));
-}
-
-
-/* ---------------------------------------------------------------- channel */
-
-static grpc_arg int_arg(const char *key, int value)
-{
-	grpc_arg arg;
-
-	arg.type = GRPC_ARG_INTEGER;
-	arg.key = (char *)key;
-	arg.value.integer = value;
-	return arg;
-}
-
-
-static grpc_arg string_arg(const char *key, const char *value)
-{
-	grpc_arg arg;
-
-	arg.type = GRPC_ARG_STRING;
-	arg.key = (char *)key;
-	arg.value.string = (char *)value;
-	return arg;
-}
-
-
-static grpc_channel *channel_create(const char *target)
-{
-	grpc_channel_credentials *creds;
-	grpc_channel *channel;
-	grpc_arg args[] = {
-		int_arg(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, RECONNECT_INITIAL_MS),
-		int_arg(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, RECONNECT_MIN_MS),
-		int_arg(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, RECONNECT_MAX_MS),
-		/* Fail fast: no transparent or configured retries, no service
-		 * config from DNS that could turn them back on. */
-		int_arg(GRPC_ARG_ENABLE_RETRIES, 0),
-		int_arg(GRPC_ARG_SERVICE_CONFIG_DISABLE_RESOLUTION, 1),
-		/* Keep the connection through quiet periods (default: drop it
-		 * after 30 min idle, then pay a reconnect on the next check). */
-		int_arg(GRPC_ARG_CLIENT_IDLE_TIMEOUT_MS, INT_MAX),
-		/* http_proxy/https_proxy in the broker's environment must not
-		 * reroute ACL traffic. */
-		int_arg(GRPC_ARG_ENABLE_HTTP_PROXY, 0),
-		/* Our own subchannel, not shared with another plugin instance. */
-		int_arg(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1),
-		int_arg(GRPC_ARG_DNS_MIN_TIME_BETWEEN_RESOLUTIONS_MS, 1000),
-		int_arg(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, MAX_RESPONSE_BYTES),
-		int_arg(GRPC_ARG_ENABLE_CHANNELZ, 0),
-		string_arg(GRPC_ARG_PRIMARY_USER_AGENT_STRING, USER_AGENT),
-	};
-	grpc_channel_args channel_args = {
-		.num_args = sizeof(args) / sizeof(args[0]),
-		.args = args,
-	};
-
-	creds = grpc_insecure_credentials_create();
-	if(creds == NULL){
-		return NULL;
-	}
-	channel = grpc_channel_create(target, creds, &channel_args);
-	grpc_channel_credentials_release(creds);
-	return channel;
 }
 
 
@@ -395,13 +330,13 @@ static void channel_stop(struct policy_client *client)
 
 /* ------------------------------------------------------------- lifecycle */
 
-static const char *client_start(struct policy_client *client, const char *target)
+static const char *client_start(struct policy_client *client, const char *target, const struct link_tls *tls)
 {
 	client->cq = grpc_completion_queue_create_for_pluck(NULL);
 	if(client->cq == NULL){
 		return "cannot create gRPC completion queue";
 	}
-	client->channel = channel_create(target);
+	client->channel = link_channel_create(target, tls, MAX_RESPONSE_BYTES);
 	if(client->channel == NULL){
 		return "cannot create gRPC channel";
 	}
@@ -433,10 +368,11 @@ struct policy_client *policy_client_create(const struct policy_client_options *o
 	client->last_backoff_reset = gpr_inf_past(GPR_CLOCK_MONOTONIC);
 	client->method = grpc_slice_from_static_string(CHECK_ACL_METHOD);
 	client->stats_method = grpc_slice_from_static_string(REPORT_STATS_METHOD);
+	client->auth_method = grpc_slice_from_static_string(AUTHENTICATE_METHOD);
 
 	signals_block_all(&saved);
 	grpc_init();
-	err = client_start(client, opts->target);
+	err = client_start(client, opts->target, opts->tls);
 	pthread_sigmask(SIG_SETMASK, &saved, NULL);
 	if(err != NULL){
 		*errmsg = err;
@@ -463,6 +399,7 @@ void policy_client_destroy(struct policy_client *client)
 	 * alive rather than risk an abort in the broker. */
 	grpc_slice_unref(client->method);
 	grpc_slice_unref(client->stats_method);
+	grpc_slice_unref(client->auth_method);
 	free(client);
 }
 
@@ -609,9 +546,24 @@ static void apply_response(const Policyd__V1__CheckAclResponse *resp, struct pol
 }
 
 
-static void decode_response(grpc_byte_buffer *buf, struct policy_check_result *result)
+/* Pure (no gRPC state): fuzz/ drives it with arbitrary bytes. */
+void policy_response_decode(const uint8_t *data, size_t len, struct policy_check_result *result)
 {
 	Policyd__V1__CheckAclResponse *resp;
+
+	result_init(result);  /* every field defined by the bytes alone */
+	resp = policyd__v1__check_acl_response__unpack(NULL, len, data);
+	if(resp == NULL){
+		result_error(result, POLICY_ERR_PROTOCOL, GRPC_STATUS_OK, "cannot decode CheckAclResponse");
+		return;
+	}
+	apply_response(resp, result);
+	policyd__v1__check_acl_response__free_unpacked(resp, NULL);
+}
+
+
+static void decode_response(grpc_byte_buffer *buf, struct policy_check_result *result)
+{
 	grpc_byte_buffer_reader reader;
 	grpc_slice flat;
 
@@ -622,16 +574,8 @@ static void decode_response(grpc_byte_buffer *buf, struct policy_check_result *r
 	}
 	flat = grpc_byte_buffer_reader_readall(&reader);
 	grpc_byte_buffer_reader_destroy(&reader);
-
-	resp = policyd__v1__check_acl_response__unpack(NULL,
-			GRPC_SLICE_LENGTH(flat), GRPC_SLICE_START_PTR(flat));
+	policy_response_decode(GRPC_SLICE_START_PTR(flat), GRPC_SLICE_LENGTH(flat), result);
 	grpc_slice_unref(flat);
-	if(resp == NULL){
-		result_error(result, POLICY_ERR_PROTOCOL, GRPC_STATUS_OK, "cannot decode CheckAclResponse");
-		return;
-	}
-	apply_response(resp, result);
-	policyd__v1__check_acl_response__free_unpacked(resp, NULL);
 }
 
 
@@ -658,17 +602,24 @@ static void status_error(const struct call_ctx *ctx, struct policy_check_result 
 }
 
 
-static void call_interpret(const struct call_ctx *ctx, int success, struct policy_check_result *result)
+/* The response message of a completed call, taken out of ctx; or NULL with
+ * *status describing why there is none. */
+static grpc_byte_buffer *call_take_response(struct call_ctx *ctx, int success, struct policy_check_result *status)
 {
+	grpc_byte_buffer *buf;
+
 	if(ctx->status != GRPC_STATUS_OK){
-		status_error(ctx, result);
+		status_error(ctx, status);
 	}else if(!success){
-		result_error(result, POLICY_ERR_INTERNAL, GRPC_STATUS_OK, "gRPC batch failed");
+		result_error(status, POLICY_ERR_INTERNAL, GRPC_STATUS_OK, "gRPC batch failed");
 	}else if(ctx->recv_buf == NULL){
-		result_error(result, POLICY_ERR_PROTOCOL, GRPC_STATUS_OK, "OK status without a response message");
+		result_error(status, POLICY_ERR_PROTOCOL, GRPC_STATUS_OK, "OK status without a response message");
 	}else{
-		decode_response(ctx->recv_buf, result);
+		buf = ctx->recv_buf;
+		ctx->recv_buf = NULL;
+		return buf;
 	}
+	return NULL;
 }
 
 
@@ -700,60 +651,206 @@ static void *call_tag(struct policy_client *client)
 }
 
 
+/* One unary call on the main thread's queue, bounded by timeout_ms (plus a
+ * small margin). Takes send_buf. Returns the response message (the caller
+ * destroys it), or NULL with *status describing the error. */
+static grpc_byte_buffer *unary_call(struct policy_client *client, grpc_slice method,
+		grpc_byte_buffer *send_buf, struct policy_check_result *status)
+{
+	grpc_byte_buffer *response = NULL;
+	struct call_ctx *ctx;
+	gpr_timespec deadline;
+	int success = 0;
+
+	ctx = call_ctx_new();
+	if(ctx == NULL){
+		grpc_byte_buffer_destroy(send_buf);
+		result_error(status, POLICY_ERR_INTERNAL, 0, "out of memory");
+		return NULL;
+	}
+	ctx->send_buf = send_buf;
+	deadline = now_after_ms(client->timeout_ms);
+	ctx->call = grpc_channel_create_call(client->channel, NULL, GRPC_PROPAGATE_DEFAULTS,
+			client->cq, method, NULL, deadline, NULL);
+	if(ctx->call == NULL){
+		result_error(status, POLICY_ERR_INTERNAL, 0, "cannot create gRPC call");
+		call_ctx_free(ctx);
+		return NULL;
+	}
+	ctx->tag = call_tag(client);
+	if(call_start(ctx) != GRPC_CALL_OK){
+		result_error(status, POLICY_ERR_INTERNAL, 0, "cannot start gRPC call");
+		call_ctx_free(ctx);
+		return NULL;
+	}
+	switch(call_wait(client, ctx, deadline, &success)){
+		case WAIT_DONE:
+			response = call_take_response(ctx, success, status);
+			break;
+		case WAIT_CANCELLED:
+			result_error(status, POLICY_ERR_DEADLINE, GRPC_STATUS_DEADLINE_EXCEEDED,
+					"no completion by the deadline; call cancelled");
+			break;
+		case WAIT_ABANDONED:
+			result_error(status, POLICY_ERR_INTERNAL, GRPC_STATUS_DEADLINE_EXCEEDED,
+					"call did not complete after cancel; abandoned");
+			client->abandoned++;
+			return NULL; /* ctx deliberately leaked: gRPC may still write into it */
+	}
+	maybe_reset_backoff(client, status);
+	call_ctx_free(ctx);
+	return response;
+}
+
+
 void policy_client_check(struct policy_client *client,
 		const struct policy_check_request *request,
 		struct policy_check_result *result)
 {
-	struct call_ctx *ctx;
-	gpr_timespec deadline;
-	int success = 0;
+	grpc_byte_buffer *send_buf;
+	grpc_byte_buffer *response;
 
 	result_init(result);
 	if(client == NULL || request == NULL){
 		result_error(result, POLICY_ERR_INTERNAL, 0, "no client");
 		return;
 	}
-	ctx = call_ctx_new();
-	if(ctx == NULL){
-		result_error(result, POLICY_ERR_INTERNAL, 0, "out of memory");
-		return;
-	}
-	ctx->send_buf = encode_request(request);
-	if(ctx->send_buf == NULL){
+	send_buf = encode_request(request);
+	if(send_buf == NULL){
 		result_error(result, POLICY_ERR_INTERNAL, 0, "cannot encode CheckAclRequest");
-		call_ctx_free(ctx);
 		return;
 	}
-	deadline = now_after_ms(client->timeout_ms);
-	ctx->call = grpc_channel_create_call(client->channel, NULL, GRPC_PROPAGATE_DEFAULTS,
-			client->cq, client->method, NULL, deadline, NULL);
-	if(ctx->call == NULL){
-		result_error(result, POLICY_ERR_INTERNAL, 0, "cannot create gRPC call");
-		call_ctx_free(ctx);
+	response = unary_call(client, client->method, send_buf, result);
+	if(response != NULL){
+		decode_response(response, result);
+		grpc_byte_buffer_destroy(response);
+	}
+}
+
+
+/* ---------------------------------------------------------- Authenticate */
+
+static grpc_byte_buffer *encode_auth_request(const struct policy_auth_request *req)
+{
+	Policyd__V1__AuthenticateRequest msg = POLICYD__V1__AUTHENTICATE_REQUEST__INIT;
+	grpc_byte_buffer *buf;
+	grpc_slice slice;
+	size_t len;
+
+	msg.client_id.data = (uint8_t *)req->client_id;
+	msg.client_id.len = req->client_id ? req->client_id_len : 0;
+	msg.has_username = req->username != NULL;
+	msg.username.data = (uint8_t *)req->username;
+	msg.username.len = req->username ? req->username_len : 0;
+	msg.has_password = req->has_password != 0;
+	msg.password.data = (uint8_t *)req->password;
+	msg.password.len = req->password ? req->password_len : 0;
+	msg.certificate_der.data = (uint8_t *)req->certificate_der;
+	msg.certificate_der.len = req->certificate_der ? req->certificate_der_len : 0;
+	msg.peer_address = (char *)(req->peer_address ? req->peer_address : "");
+
+	len = policyd__v1__authenticate_request__get_packed_size(&msg);
+	slice = grpc_slice_malloc(len);
+	if(policyd__v1__authenticate_request__pack(&msg, GRPC_SLICE_START_PTR(slice)) != len){
+		grpc_slice_unref(slice);
+		return NULL;
+	}
+	buf = grpc_raw_byte_buffer_create(&slice, 1);
+	grpc_slice_unref(slice);
+	return buf;
+}
+
+
+static void auth_error(struct policy_auth_result *result, const struct policy_check_result *status)
+{
+	result->outcome = POLICY_ERROR;
+	result->error = status->error;
+	result->grpc_status = status->grpc_status;
+	copy_bytes(result->detail, sizeof(result->detail), status->detail, strlen(status->detail));
+}
+
+
+static void apply_auth_response(const Policyd__V1__AuthenticateResponse *resp, struct policy_auth_result *result)
+{
+	if(resp->reason){
+		copy_bytes(result->detail, sizeof(result->detail), resp->reason, strlen(resp->reason));
+	}
+	result->generation = resp->generation;
+	result->error = POLICY_ERR_NONE;
+	if(resp->result == POLICYD__V1__RESULT__RESULT_DENY){
+		result->outcome = POLICY_DENY;
+	}else if(resp->result != POLICYD__V1__RESULT__RESULT_ALLOW){
+		result->outcome = POLICY_ERROR;
+		result->error = POLICY_ERR_PROTOCOL;
+		snprintf(result->detail, sizeof(result->detail), "unexpected result value %d", (int)resp->result);
+	}else if(resp->username.len == 0 || resp->username.len >= sizeof(result->username)
+			|| memchr(resp->username.data, '\0', resp->username.len) != NULL){
+		/* An allow must name a usable identity; anything else is a broken answer. */
+		result->outcome = POLICY_ERROR;
+		result->error = POLICY_ERR_PROTOCOL;
+		snprintf(result->detail, sizeof(result->detail), "allow without a usable identity (%zu bytes)",
+				resp->username.len);
+	}else{
+		memcpy(result->username, resp->username.data, resp->username.len);
+		result->username[resp->username.len] = '\0';
+		result->outcome = POLICY_ALLOW;
+	}
+}
+
+
+static void decode_auth_response(grpc_byte_buffer *buf, struct policy_auth_result *result)
+{
+	Policyd__V1__AuthenticateResponse *resp;
+	grpc_byte_buffer_reader reader;
+	grpc_slice flat;
+
+	result->outcome = POLICY_ERROR;
+	result->error = POLICY_ERR_PROTOCOL;
+	if(!grpc_byte_buffer_reader_init(&reader, buf)){
+		snprintf(result->detail, sizeof(result->detail), "cannot read response message");
 		return;
 	}
-	ctx->tag = call_tag(client);
-	if(call_start(ctx) != GRPC_CALL_OK){
-		result_error(result, POLICY_ERR_INTERNAL, 0, "cannot start gRPC call");
-		call_ctx_free(ctx);
+	flat = grpc_byte_buffer_reader_readall(&reader);
+	grpc_byte_buffer_reader_destroy(&reader);
+	resp = policyd__v1__authenticate_response__unpack(NULL, GRPC_SLICE_LENGTH(flat), GRPC_SLICE_START_PTR(flat));
+	grpc_slice_unref(flat);
+	if(resp == NULL){
+		snprintf(result->detail, sizeof(result->detail), "cannot decode AuthenticateResponse");
 		return;
 	}
-	switch(call_wait(client, ctx, deadline, &success)){
-		case WAIT_DONE:
-			call_interpret(ctx, success, result);
-			break;
-		case WAIT_CANCELLED:
-			result_error(result, POLICY_ERR_DEADLINE, GRPC_STATUS_DEADLINE_EXCEEDED,
-					"no completion by the deadline; call cancelled");
-			break;
-		case WAIT_ABANDONED:
-			result_error(result, POLICY_ERR_INTERNAL, GRPC_STATUS_DEADLINE_EXCEEDED,
-					"call did not complete after cancel; abandoned");
-			client->abandoned++;
-			return; /* ctx deliberately leaked: gRPC may still write into it */
+	apply_auth_response(resp, result);
+	policyd__v1__authenticate_response__free_unpacked(resp, NULL);
+}
+
+
+void policy_client_authenticate(struct policy_client *client,
+		const struct policy_auth_request *request,
+		struct policy_auth_result *result)
+{
+	struct policy_check_result status;
+	grpc_byte_buffer *send_buf;
+	grpc_byte_buffer *response;
+
+	memset(result, 0, sizeof(*result));
+	result_init(&status);
+	if(client == NULL || request == NULL){
+		result_error(&status, POLICY_ERR_INTERNAL, 0, "no client");
+		auth_error(result, &status);
+		return;
 	}
-	maybe_reset_backoff(client, result);
-	call_ctx_free(ctx);
+	send_buf = encode_auth_request(request);
+	if(send_buf == NULL){
+		result_error(&status, POLICY_ERR_INTERNAL, 0, "cannot encode AuthenticateRequest");
+		auth_error(result, &status);
+		return;
+	}
+	response = unary_call(client, client->auth_method, send_buf, &status);
+	if(response == NULL){
+		auth_error(result, &status);
+		return;
+	}
+	decode_auth_response(response, result);
+	grpc_byte_buffer_destroy(response);
 }
 
 

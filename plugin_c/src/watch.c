@@ -35,10 +35,10 @@
 
 #include "logging.h"
 #include "policyd/v1/policy.pb-c.h"
+#include "link_tls.h"
 #include "watch.h"
 
 #define WATCH_METHOD "/policyd.v1.Policy/Watch"
-#define USER_AGENT "mosquitto-policyd-watch/0.1"
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 /* The daemon splits kick lists into events of 500 names; this leaves room. */
@@ -431,47 +431,6 @@ static void *watch_main(void *arg)
 
 /* ------------------------------------------------------------- lifecycle */
 
-static grpc_arg int_arg(const char *key, int value)
-{
-	grpc_arg arg;
-
-	arg.type = GRPC_ARG_INTEGER;
-	arg.key = (char *)key;
-	arg.value.integer = value;
-	return arg;
-}
-
-
-static grpc_channel *channel_create(const char *target)
-{
-	grpc_channel_credentials *creds;
-	grpc_channel *channel;
-	grpc_arg args[] = {
-		int_arg(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, BACKOFF_MIN_MS),
-		int_arg(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, BACKOFF_MIN_MS),
-		int_arg(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000),
-		int_arg(GRPC_ARG_ENABLE_RETRIES, 0),
-		int_arg(GRPC_ARG_SERVICE_CONFIG_DISABLE_RESOLUTION, 1),
-		int_arg(GRPC_ARG_CLIENT_IDLE_TIMEOUT_MS, INT_MAX),
-		int_arg(GRPC_ARG_ENABLE_HTTP_PROXY, 0),
-		/* Not shared with the checks' channel: a long stream and the
-		 * checks each get their own connection. */
-		int_arg(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1),
-		int_arg(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, MAX_EVENT_BYTES),
-		int_arg(GRPC_ARG_ENABLE_CHANNELZ, 0),
-	};
-	grpc_channel_args channel_args = {.num_args = sizeof(args) / sizeof(args[0]), .args = args};
-
-	creds = grpc_insecure_credentials_create();
-	if(creds == NULL){
-		return NULL;
-	}
-	channel = grpc_channel_create(target, creds, &channel_args);
-	grpc_channel_credentials_release(creds);
-	return channel;
-}
-
-
 static void cq_drain_destroy(grpc_completion_queue *cq)
 {
 	grpc_event ev;
@@ -552,7 +511,7 @@ struct policyd_watch *watch_create(const struct watch_options *opts, const char 
 	w->broker_id = strdup(opts->broker_id ? opts->broker_id : "");
 	w->queue.names = calloc(KICK_QUEUE_MAX, sizeof(char *));
 	w->cq = grpc_completion_queue_create_for_next(NULL);
-	w->channel = channel_create(opts->target);
+	w->channel = link_channel_create(opts->target, opts->tls, MAX_EVENT_BYTES);
 	log_limiter_init(&w->kick_log, 5);
 	log_limiter_init(&w->drop_log, 1);
 	log_limiter_init(&w->bad_log, 1);

@@ -15,28 +15,13 @@ from hypothesis import strategies as st
 
 from policyd.engine import Access, Request, compile_policy, parse_text
 
+from mqtt_reference import ref_matches
+
 R, W, S, U = Access.READ, Access.WRITE, Access.SUBSCRIBE, Access.UNSUBSCRIBE
 
 # --- the reference ----------------------------------------------------------
 
 GRANTS = {"read": {R, S}, "write": {W}, "readwrite": {R, W, S}, "deny": set()}
-
-
-def ref_matches(flt: str, topic: str) -> bool:
-    """MQTT matching, recursively; a $ topic only matches a filter starting with $."""
-    if topic.startswith("$") and not flt.startswith("$"):
-        return False
-
-    def go(f, t):
-        if not f:
-            return not t
-        if f[0] == "#":
-            return True
-        if not t:
-            return False
-        return (f[0] == "+" or f[0] == t[0]) and go(f[1:], t[1:])
-
-    return go(flt.split("/"), topic.split("/"))
 
 
 def universe(levels: set, depth: int):
