@@ -439,13 +439,28 @@ static void call_ctx_free(struct call_ctx *ctx)
 }
 
 
-static grpc_byte_buffer *encode_request(const struct policy_check_request *req)
+/* Any protobuf-c message, packed into a new gRPC byte buffer (NULL on failure). */
+static grpc_byte_buffer *pack_message(const ProtobufCMessage *msg)
 {
-	Policyd__V1__CheckAclRequest msg = POLICYD__V1__CHECK_ACL_REQUEST__INIT;
 	grpc_byte_buffer *buf;
 	grpc_slice slice;
 	size_t len;
 
+	len = protobuf_c_message_get_packed_size(msg);
+	slice = grpc_slice_malloc(len);
+	if(protobuf_c_message_pack(msg, GRPC_SLICE_START_PTR(slice)) != len){
+		grpc_slice_unref(slice);
+		return NULL;
+	}
+	buf = grpc_raw_byte_buffer_create(&slice, 1); /* takes its own ref */
+	grpc_slice_unref(slice);
+	return buf;
+}
+
+
+static grpc_byte_buffer *encode_request(const struct policy_check_request *req)
+{
+	Policyd__V1__CheckAclRequest msg = POLICYD__V1__CHECK_ACL_REQUEST__INIT;
 	msg.has_username = req->username != NULL;
 	if(req->username){
 		msg.username.data = (uint8_t *)req->username;
@@ -457,15 +472,7 @@ static grpc_byte_buffer *encode_request(const struct policy_check_request *req)
 	msg.topic.len = req->topic ? req->topic_len : 0;
 	msg.access = (Policyd__V1__Access)req->access;
 
-	len = policyd__v1__check_acl_request__get_packed_size(&msg);
-	slice = grpc_slice_malloc(len);
-	if(policyd__v1__check_acl_request__pack(&msg, GRPC_SLICE_START_PTR(slice)) != len){
-		grpc_slice_unref(slice);
-		return NULL;
-	}
-	buf = grpc_raw_byte_buffer_create(&slice, 1); /* takes its own ref */
-	grpc_slice_unref(slice);
-	return buf;
+	return pack_message(&msg.base);
 }
 
 
@@ -733,10 +740,6 @@ void policy_client_check(struct policy_client *client,
 static grpc_byte_buffer *encode_auth_request(const struct policy_auth_request *req)
 {
 	Policyd__V1__AuthenticateRequest msg = POLICYD__V1__AUTHENTICATE_REQUEST__INIT;
-	grpc_byte_buffer *buf;
-	grpc_slice slice;
-	size_t len;
-
 	msg.client_id.data = (uint8_t *)req->client_id;
 	msg.client_id.len = req->client_id ? req->client_id_len : 0;
 	msg.has_username = req->username != NULL;
@@ -749,15 +752,7 @@ static grpc_byte_buffer *encode_auth_request(const struct policy_auth_request *r
 	msg.certificate_der.len = req->certificate_der ? req->certificate_der_len : 0;
 	msg.peer_address = (char *)(req->peer_address ? req->peer_address : "");
 
-	len = policyd__v1__authenticate_request__get_packed_size(&msg);
-	slice = grpc_slice_malloc(len);
-	if(policyd__v1__authenticate_request__pack(&msg, GRPC_SLICE_START_PTR(slice)) != len){
-		grpc_slice_unref(slice);
-		return NULL;
-	}
-	buf = grpc_raw_byte_buffer_create(&slice, 1);
-	grpc_slice_unref(slice);
-	return buf;
+	return pack_message(&msg.base);
 }
 
 
@@ -859,10 +854,6 @@ void policy_client_authenticate(struct policy_client *client,
 static grpc_byte_buffer *encode_stats(const struct policy_shim_stats *st)
 {
 	Policyd__V1__ShimStats msg = POLICYD__V1__SHIM_STATS__INIT;
-	grpc_byte_buffer *buf;
-	grpc_slice slice;
-	size_t len;
-
 	msg.broker_id = (char *)(st->broker_id ? st->broker_id : "");
 	msg.checks = st->checks;
 	msg.allowed = st->allowed;
@@ -875,15 +866,7 @@ static grpc_byte_buffer *encode_stats(const struct policy_shim_stats *st)
 	msg.breaker_opens = st->breaker_opens;
 	msg.breaker_open = st->breaker_open != 0;
 
-	len = policyd__v1__shim_stats__get_packed_size(&msg);
-	slice = grpc_slice_malloc(len);
-	if(policyd__v1__shim_stats__pack(&msg, GRPC_SLICE_START_PTR(slice)) != len){
-		grpc_slice_unref(slice);
-		return NULL;
-	}
-	buf = grpc_raw_byte_buffer_create(&slice, 1);
-	grpc_slice_unref(slice);
-	return buf;
+	return pack_message(&msg.base);
 }
 
 
