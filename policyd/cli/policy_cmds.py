@@ -75,6 +75,9 @@ def _attributes(items: list[str]) -> dict[str, tuple[str, ...]] | None:
     return attributes
 
 
+LARGE_USERS_SECTION = 1000  # identities from which `validate` says which reader read them
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     worst = 0
     for path in args.files:
@@ -88,6 +91,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         policy = compile_policy(spec)
         print(f"{path}: ok ({policy.identity_count} identities, {policy.rule_count} rules, "
               f"sha256 {policy.source_sha256[:12]})")
+        if spec.reader != "fast" and len(spec.users) >= LARGE_USERS_SECTION:
+            # Only worth saying where it costs: docs/rules.md "Large files" has the form.
+            print(f"{path}: note: the users section is read by the general YAML reader "
+                  f"({spec.reader[len('yaml: '):]}); in the regular form it loads several times faster")
     return worst
 
 

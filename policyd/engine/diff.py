@@ -15,37 +15,61 @@ kicking everyone for them would be a reconnect storm; every publish and every
 delivery is checked again under the new generation anyway (docs/operations.md).
 
 Rule order within a rule set does not change any allow/deny outcome, so rules
-are compared as sets; a rule's source position is not part of its identity
-(`CompiledRule.source` is excluded from comparison), so moving a rule in the
-file or editing elsewhere kicks nobody.
+are compared as sets of (topic, access); a rule's source position is not part
+of that, so moving a rule in the file or editing elsewhere kicks nobody. Rules
+are compared in source form, so a reload compiles nothing to work this out.
 """
 
 from __future__ import annotations
 
-from .policy import EMPTY, CompiledPolicy, RuleSet
+from typing import Iterable
+
+from .policy import CompiledPolicy
+
+Grants = tuple[frozenset[tuple[str, str]], frozenset[str]]  # UserRuleSets.grants
 
 
-def lost_access(old: RuleSet, new: RuleSet) -> bool:
+def lost_access(old: Grants, new: Grants) -> bool:
     """True when `new` may allow less than `old` for the identity they belong to."""
-    if old is new or old == new:  # the common case, and cheap: no sets built
-        return False
-    if not set(old.allows) <= set(new.allows):
-        return True
-    return not set(new.denies) <= set(old.denies)
+    (old_allows, old_denies), (new_allows, new_denies) = old, new
+    return not old_allows <= new_allows or not new_denies <= old_denies
 
 
 def usernames_to_kick(old: CompiledPolicy, new: CompiledPolicy) -> frozenset[str]:
     """Identities whose access `new` may have reduced; sorted use is up to the caller."""
     kicked = set(old.superusers - new.superusers)
-    for name, old_rules in old.users.items():
+    for name in _maybe_changed(old, new):
         if name in new.superusers or name in kicked:
             continue
-        if lost_access(old_rules, new.users.get(name, EMPTY)):
+        if lost_access(old.users.grants(name), new.users.grants(name)):
             kicked.add(name)
-    for name, new_rules in new.users.items():
+    for name in _added(old, new):
         # Not in old.users: its only rules were patterns before; a deny of its
         # own is the one way a new entry can take something away.
-        if name not in old.users and name not in new.superusers and name not in old.superusers:
-            if new_rules.denies:
-                kicked.add(name)
+        if name not in new.superusers and name not in old.superusers and new.users.grants(name)[1]:
+            kicked.add(name)
     return frozenset(kicked)
+
+
+def _by_text(old: CompiledPolicy, new: CompiledPolicy) -> bool:
+    """Whether identities can be compared by their block text: both files were
+    read by the fast reader (which keeps every block) and the groups are the same."""
+    return bool(old.user_sources and new.user_sources) and old.users.group_rules == new.users.group_rules
+
+
+def _maybe_changed(old: CompiledPolicy, new: CompiledPolicy) -> Iterable[str]:
+    """Identities of `old` whose rules may differ in `new`. Equal text means equal
+    rules, so for 100,000 identities this is a few milliseconds of dict work."""
+    if not _by_text(old, new):
+        return old.users
+    new_text = new.user_sources
+    return [name for name, text in old.user_sources.items() if new_text.get(name) != text] + [
+        *old.users.group_only]
+
+
+def _added(old: CompiledPolicy, new: CompiledPolicy) -> Iterable[str]:
+    """Identities with rules in `new` and none in `old`."""
+    if not _by_text(old, new):
+        return [name for name in new.users if name not in old.users]
+    names = new.user_sources.keys() - old.user_sources.keys()
+    return [name for name in [*names, *new.users.group_only] if name not in old.users]

@@ -3,7 +3,9 @@
 The file is read with PyYAML's safe composer (the C one when available),
 which builds a node tree carrying line/column marks and never constructs
 Python objects from tags. We walk that tree ourselves so that each problem
-names file, line, column and key. Anchors/aliases are refused: they are the
+names file, line, column and key. A `users` section in the regular form is
+read by fastusers.py instead (same result, several times faster on large
+files); any problem sends the whole file down the YAML path for reporting. Anchors/aliases are refused: they are the
 vehicle of "billion laughs" expansion and have no use in a rules file.
 """
 
@@ -12,15 +14,16 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import Iterator, NamedTuple
+from typing import Iterator
 
 import yaml
 
 from ..identity.passwords import read_passwords
 from ..identity.spec import IdentitySpec, Revocations, read_identity, read_revoked
 from . import topics
-from .fastyaml import STR_TAG, compose, no_gc
-from .model import ACCESS_WORDS, Problem, SourceRef
+from .fastusers import Miss, read_users_section, rest_is_separate
+from .fastyaml import MAP_TAG, NULL_TAG, STR_TAG, compose, no_gc
+from .model import ACCESS_WORDS, Problem, RuleSpec, SourceRef
 from .shadow import shadow_warnings
 from .templates import TEMPLATES, TemplateError, compile_topic
 
@@ -36,17 +39,6 @@ CERT_ATTRIBUTES = ("O", "OU", "C", "ST", "L", "DC")
 _PLAIN_TOPIC_CHARS = frozenset("+#%\x00")
 # Characters that make an identity unusable as one topic level.
 UNSAFE_IDENTITY_CHARS = frozenset("+#/\x00")
-
-
-class RuleSpec(NamedTuple):  # a tuple: cheapest to build, 100,000s of times per large file
-    topic: str
-    access: str  # one of ACCESS_WORDS
-    ref: SourceRef
-
-    @property
-    def templates(self) -> frozenset[str]:
-        """Which of %u / %c stand as a level of this rule's topic."""
-        return frozenset(level for level in self.topic.split("/") if level in TEMPLATES)
 
 
 @dataclass(frozen=True)
@@ -83,6 +75,10 @@ class PolicySpec:
     identity: IdentitySpec = IdentitySpec()   # certificate → identity at CONNECT (docs/identity.md)
     revoked: Revocations = Revocations()      # certificates refused at CONNECT and kicked on reload
     passwords: dict = field(default_factory=dict)  # username -> PasswordHash (password clients)
+    # How the users section was read: "fast" (engine/fastusers.py) or "yaml: <why not fast>".
+    reader: str = field(default="yaml", compare=False)
+    # Fast reader only: each identity's block as written (the kick diff's shortcut).
+    user_sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
 
 class PolicyLoadError(Exception):
@@ -265,11 +261,14 @@ class _Reader:
             return False
         return True
 
-    def document(self, root: yaml.Node | None, sha256: str) -> PolicySpec | None:
+    def document(self, root: yaml.Node | None, sha256: str,
+                 users: dict[str, tuple[RuleSpec, ...]] | None = None) -> PolicySpec | None:
+        """The spec, or None after recording problems. `users`: the section as
+        the fast reader read it (absent from `root`)."""
         if root is None:
             self.error(None, "", "the rules file is empty (write `users: {}` for a policy that denies everything)")
             return None
-        parts: dict[str, object] = {}
+        parts: dict[str, object] = {} if users is None else {"users": users}
         for name, knode, vnode in self.mapping(root, ""):
             if name not in TOP_LEVEL_KEYS:
                 self.error(knode, name, f"unknown key {name!r} (expected {', '.join(TOP_LEVEL_KEYS)})")
@@ -390,13 +389,16 @@ def _kind(node: yaml.Node | None) -> str:
     return f"{node.value!r}"
 
 
-def parse_text(data: bytes, file: str = "<rules>") -> PolicySpec:
-    """Validate rules-file bytes; raise PolicyLoadError naming every problem."""
+def parse_text(data: bytes, file: str = "<rules>", *, fast: bool = True) -> PolicySpec:
+    """Validate rules-file bytes; raise PolicyLoadError naming every problem.
+
+    `fast=False` reads the users section with libyaml even when the fast
+    reader could (the tests compare the two)."""
     with no_gc():
-        return _parse(data, file)
+        return _parse(data, file, fast)
 
 
-def _parse(data: bytes, file: str) -> PolicySpec:
+def _parse(data: bytes, file: str, fast: bool) -> PolicySpec:
     reader = _Reader(file)
     if len(data) > MAX_FILE_BYTES:
         reader.error(None, "", f"file is larger than {MAX_FILE_BYTES} bytes")
@@ -406,6 +408,13 @@ def _parse(data: bytes, file: str) -> PolicySpec:
     except UnicodeDecodeError as exc:
         reader.error(None, "", f"not valid UTF-8 at byte {exc.start}")
         raise PolicyLoadError(reader.problems) from None
+    sha256 = hashlib.sha256(data).hexdigest()
+    how = "yaml: not tried"
+    if fast:
+        spec = _parse_fast(text, file, sha256)
+        if isinstance(spec, PolicySpec):
+            return spec
+        how = f"yaml: {spec}"
     try:
         root = compose(text)
     except yaml.MarkedYAMLError as exc:
@@ -416,11 +425,38 @@ def _parse(data: bytes, file: str) -> PolicySpec:
     except yaml.YAMLError as exc:
         reader.error(None, "", f"YAML: {exc}")
         raise PolicyLoadError(reader.problems) from None
-    spec = reader.document(root, hashlib.sha256(data).hexdigest())
+    spec = reader.document(root, sha256)
     if spec is None:
         raise PolicyLoadError(reader.problems)
-    warnings = tuple(reader.problems) + tuple(shadow_warnings(spec))
-    return PolicySpec(**{**spec.__dict__, "warnings": warnings})
+    return _finish(spec, reader, reader=how)
+
+
+def _parse_fast(text: str, file: str, sha256: str) -> PolicySpec | Miss:
+    """The spec via engine/fastusers.py, or why that does not apply. Only a file
+    with no problem at all is taken: every error is reported by the YAML path."""
+    section = read_users_section(text, file)
+    if isinstance(section, Miss):
+        return section
+    try:
+        root = compose(section.rest)
+    except yaml.YAMLError:
+        return Miss(0, "the rest of the file is not valid YAML")
+    if root is None or (isinstance(root, yaml.ScalarNode) and root.value == "" and root.tag == NULL_TAG):
+        root = yaml.MappingNode(MAP_TAG, [])  # nothing but the users section (an empty `---` document)
+    if not isinstance(root, yaml.MappingNode) or not rest_is_separate(root, section):
+        return Miss(0, "the rest of the file reaches into the users section")
+    if any(isinstance(k, yaml.ScalarNode) and k.value == "users" for k, _ in root.value):
+        return Miss(0, "a second `users` key")
+    reader = _Reader(file)
+    spec = reader.document(root, sha256, users=section.users)
+    if spec is None:
+        return Miss(0, "the file has problems")
+    return _finish(spec, reader, reader="fast", user_sources=section.sources)
+
+
+def _finish(spec: PolicySpec, walker: _Reader, **extra) -> PolicySpec:
+    warnings = tuple(walker.problems) + tuple(shadow_warnings(spec))
+    return PolicySpec(**{**spec.__dict__, "warnings": warnings, **extra})
 
 
 def read_file(path: str | os.PathLike[str]) -> PolicySpec:

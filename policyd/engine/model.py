@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Mapping, NamedTuple, Optional
 
+from .templates import TEMPLATES
+
 
 class Access(enum.IntEnum):
     """What a client is doing; values are Mosquitto's MOSQ_ACL_* bits."""
@@ -44,6 +46,19 @@ class SourceRef(NamedTuple):  # a tuple: 100,000-rule files make hundreds of tho
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line} {self.key}"
+
+
+class RuleSpec(NamedTuple):  # a tuple: cheapest to build, 100,000s of times per large file
+    """One rule as written: its topic filter, its access word and where it stands."""
+
+    topic: str
+    access: str  # one of ACCESS_WORDS
+    ref: SourceRef
+
+    @property
+    def templates(self) -> frozenset[str]:
+        """Which of %u / %c stand as a level of this rule's topic."""
+        return frozenset(level for level in self.topic.split("/") if level in TEMPLATES)
 
 
 @dataclass(frozen=True)

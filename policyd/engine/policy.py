@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterator, Mapping, Optional
 
 from ..identity.spec import IdentityPolicy
 from . import topics
@@ -131,6 +131,72 @@ class RuleSet:
 EMPTY = RuleSet()
 
 
+class UserRuleSets(Mapping[str, RuleSet]):
+    """Each identity's rule set (its own rules, then its groups'), compiled on first use.
+
+    Compiling 100,000 identities up front would cost a reload about 0.4 s for
+    sets most of which no client asks for before the next reload; compiling
+    one on its first check costs that check a few microseconds. Validation is
+    already complete (loader.py), so compiling cannot fail. Names not in the
+    rules are never stored: a stream of invented usernames cannot grow this.
+    Two threads compiling the same identity build equal sets; either may win.
+    """
+
+    __slots__ = ("_specs", "_groups", "_compiled", "_group_only")
+
+    def __init__(self, specs: dict[str, tuple[RuleSpec, ...]], groups: dict[str, list[CompiledRule]]):
+        self._specs = specs
+        self._groups = groups  # identity -> its groups' compiled rules (shared, compiled once)
+        self._compiled: dict[str, RuleSet] = {}
+        self._group_only = tuple(name for name in groups if name not in specs)
+
+    def get(self, name, default=None):  # the hot path: one dict lookup once compiled
+        rules = self._compiled.get(name)
+        if rules is not None:
+            return rules
+        if name in self._specs or name in self._groups:
+            return self[name]
+        return default
+
+    def __getitem__(self, name: str) -> RuleSet:
+        rules = self._compiled.get(name)
+        if rules is None:
+            own, grouped = self._specs.get(name), self._groups.get(name)
+            if own is None and grouped is None:
+                raise KeyError(name)
+            rules = RuleSet.of_compiled([compile_rule(r) for r in own or ()] + (grouped or []))
+            self._compiled[name] = rules
+        return rules
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs or name in self._groups
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._specs
+        yield from self._group_only
+
+    def __len__(self) -> int:
+        return len(self._specs) + len(self._group_only)
+
+    def grants(self, name: str) -> tuple[frozenset[tuple[str, str]], frozenset[str]]:
+        """(allow rules as (topic, access), deny topics) of an identity, without compiling:
+        what the kick diff compares (rule order and position never change a decision)."""
+        rules = [(r.topic, r.access) for r in self._specs.get(name, ())]
+        rules += [(r.topic, r.access) for r in self._groups.get(name, ())]
+        return (frozenset(r for r in rules if r[1] != "deny"),
+                frozenset(topic for topic, access in rules if access == "deny"))
+
+    @property
+    def group_rules(self) -> Mapping[str, list[CompiledRule]]:
+        """Identity -> the rules its groups give it."""
+        return self._groups
+
+    @property
+    def group_only(self) -> tuple[str, ...]:
+        """Group members with no `users` entry of their own."""
+        return self._group_only
+
+
 @dataclass(frozen=True)
 class CertificateRules:
     """A `certificates` entry: rules for clients whose attributes satisfy every match."""
@@ -152,7 +218,7 @@ class CompiledPolicy:
     source_file: str
     source_sha256: str
     superusers: frozenset[str]
-    users: dict[str, RuleSet]   # per identity: own rules + its groups' rules
+    users: UserRuleSets   # per identity: own rules + its groups' rules
     patterns: RuleSet
     anonymous: RuleSet
     generation: int = 0
@@ -161,6 +227,9 @@ class CompiledPolicy:
     # (attribute, value) -> indexes into `certificates` of the entries accepting it
     certificate_index: dict[tuple[str, str], tuple[int, ...]] = field(default_factory=dict)
     identity: IdentityPolicy = IdentityPolicy()  # Authenticate's settings (policyd.identity)
+    # Each identity's block as the fast reader found it (empty otherwise): equal text, equal rules.
+    user_sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    reader: str = field(default="yaml", compare=False)  # PolicySpec.reader: how the users were read
 
     def rule_sets(self, ident: Identity, attributes=None) -> tuple[RuleSet, ...]:
         """The rule sets that apply to a client, in the order they are checked."""
@@ -182,7 +251,7 @@ class CompiledPolicy:
 
     @property
     def identity_count(self) -> int:
-        return len(self.users) + len(self.superusers - self.users.keys())
+        return len(self.users) + sum(1 for name in self.superusers if name not in self.users)
 
     def with_generation(self, generation: int) -> "CompiledPolicy":
         return dataclasses.replace(self, generation=generation)
@@ -207,11 +276,7 @@ def _compile(spec: PolicySpec) -> CompiledPolicy:
         group_rules = [compile_rule(r) for r in group.rules]  # once per group, shared by members
         for member in group.members:
             from_groups.setdefault(member, []).extend(group_rules)
-    users = {name: RuleSet.of_compiled([compile_rule(r) for r in rules] + from_groups.get(name, []))
-             for name, rules in spec.users.items()}
-    for name, rules in from_groups.items():
-        if name not in users:  # a member with no `users` entry of its own
-            users[name] = RuleSet.of_compiled(rules)
+    users = UserRuleSets(spec.users, from_groups)
     certificates = tuple(CertificateRules.of(c) for c in spec.certificates)
     index: dict[tuple[str, str], list[int]] = {}
     for i, entry in enumerate(certificates):
@@ -231,6 +296,8 @@ def _compile(spec: PolicySpec) -> CompiledPolicy:
         certificates=certificates,
         certificate_index={k: tuple(v) for k, v in index.items()},
         identity=IdentityPolicy(spec.identity, spec.revoked, spec.passwords),
+        user_sources=spec.user_sources,
+        reader=spec.reader,
     )
 
 

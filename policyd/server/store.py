@@ -10,12 +10,14 @@ that fails to load leaves the last known good policy in force.
 
 from __future__ import annotations
 
-import logging
 import collections
+import contextlib
+import logging
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 from ..engine import CompiledPolicy, PolicyLoadError, Problem, load_policy
 from ..engine.diff import usernames_to_kick
@@ -39,6 +41,21 @@ class PolicySwap:
     generation: int
     kicks: frozenset[str]
     previous: int = 0  # the generation it replaced
+
+
+# While a reload runs, a check thread waits at most this long for the interpreter
+# lock (Python's default is 5 ms, and a check needs the lock several times).
+RELOAD_SWITCH_INTERVAL_S = 0.001
+
+
+@contextlib.contextmanager
+def _checks_keep_running() -> Iterator[None]:
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(min(previous, RELOAD_SWITCH_INTERVAL_S))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
 
 
 # Swaps remembered for brokers whose Watch stream was briefly down.
@@ -98,7 +115,7 @@ class PolicyStore:
         recorded nor logged nor counted (the file watcher's first look at a
         file that may still be being written; it asks again, loudly, once the
         file has stayed unchanged)."""
-        with self._lock:
+        with self._lock, _checks_keep_running():
             started = time.perf_counter()
             try:
                 candidate = load_policy(self.rules_file)
@@ -125,9 +142,9 @@ class PolicyStore:
             self.kicks_total += len(kicks)
             self.last_reload_seconds = time.perf_counter() - started
             log.info("policy generation %d loaded (%s) from %s: %d identities, %d rules, sha256 %s, "
-                     "swapped in %.1f ms, %d to kick%s", policy.generation, trigger, self.rules_file,
-                     policy.identity_count, policy.rule_count, policy.source_sha256[:12], swapped_ms,
-                     len(kicks), _some(kicks))
+                     "users read by %s, swapped in %.1f ms, %d to kick%s", policy.generation, trigger,
+                     self.rules_file, policy.identity_count, policy.rule_count, policy.source_sha256[:12],
+                     policy.reader, swapped_ms, len(kicks), _some(kicks))
             if old is not None:
                 swap = PolicySwap(policy.generation, kicks, old.generation)
                 self._history.append(swap)

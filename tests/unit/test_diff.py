@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policyd.engine import Access, Request, compile_policy, parse_text
+from policyd.engine import diff
 from policyd.engine.diff import usernames_to_kick
 
 BASE = """
@@ -148,3 +149,37 @@ def test_kick_list_covers_every_identity_that_lost_an_action(old_spec, new_spec)
     for name in NAMES:
         if allowed_actions(old, name) - allowed_actions(new, name):
             assert name in kicked, (name, render(old_spec), render(new_spec))
+
+
+def render_regular(spec) -> str:
+    """As render(), in the fast reader's form wherever a topic can be written plain."""
+    lines = [f"superusers: [{', '.join(spec['superusers'])}]", "users:" if spec["users"] else "users: {}"]
+    for name, rules in spec["users"].items():
+        lines.append(f"  {name}:")
+        for t, a in rules:
+            lines += [f"    - topic: {t}", f"      access: {a}"] if t != "#" else [f"    - {{topic: '#', access: {a}}}"]
+    lines += ["patterns:", "  - {topic: 'p/%u', access: readwrite}"]
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(policy_st, policy_st)
+def test_kick_list_is_the_same_whichever_reader_read_the_files(old_spec, new_spec):
+    old_text, new_text = render_regular(old_spec), render_regular(new_spec)
+
+    def read(text, fast):
+        return compile_policy(parse_text(text.encode(), "rules.yaml", fast=fast))
+
+    by_text = usernames_to_kick(read(old_text, True), read(new_text, True))
+    by_rules = usernames_to_kick(read(old_text, False), read(new_text, False))
+    assert by_text == by_rules, (old_text, new_text)
+
+
+def test_text_shortcut_is_taken_for_large_regular_files():
+    blocks = [f"  D{i}:\n    - topic: /device/%u/#\n      access: readwrite\n" for i in range(50)]
+    old = policy("users:\n" + "".join(blocks))
+    new = policy("users:\n" + "".join(blocks[:10] + blocks[11:]).replace("D20:\n    - topic: /device",
+                                                                            "D20:\n    - topic: /other"))
+    assert old.reader == new.reader == "fast"
+    assert sorted(diff._maybe_changed(old, new)) == ["D10", "D20"]  # noqa: SLF001 - only these are compared
+    assert usernames_to_kick(old, new) == {"D10", "D20"}
