@@ -18,6 +18,10 @@ def add_subparser(sub) -> None:
     p.add_argument("--socket-mode", type=octal_mode, default=0o660,
                    help="mode of the --listen unix socket (default 0660)")
     p.add_argument("--socket-group", help="group of the --listen unix socket, e.g. mosquitto")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="keep the policy in force and recent reloads here, so that a restart resumes "
+                        "from it when the rules file is rejected, and brokers learn whom the restart's "
+                        "changes disconnect (e.g. /var/lib/policyd)")
     p.add_argument("--cache-ttl-ms", type=int, default=5000, help="how long the plugin may cache an answer")
     p.add_argument("--workers", type=int, default=8, help="gRPC worker threads")
     p.add_argument("--watch", action=argparse.BooleanOptionalAction, default=True,
@@ -69,4 +73,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
         socket_mode=args.socket_mode, socket_group=args.socket_group,
         cache_ttl_ms=args.cache_ttl_ms, workers=args.workers,
         metrics_listen=args.metrics_listen, dry_run=args.dry_run, decision_log=decision_log,
-        watch_rules=args.watch, tls=LinkTls(*tls_files) if all(tls_files) else None))
+        watch_rules=args.watch, tls=LinkTls(*tls_files) if all(tls_files) else None,
+        state_dir=args.state_dir))

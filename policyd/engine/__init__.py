@@ -5,7 +5,7 @@
     policy.decide(Request("Device123", "c1", "/device/Device123/t", Access.WRITE))
 """
 
-from .loader import PolicyLoadError, PolicySpec, parse_text, read_file
+from .loader import PolicyLoadError, PolicySpec, parse_text, read_file, read_rules_bytes
 from .model import Access, Decision, Problem, Request, SourceRef, TraceStep
 from .policy import CompiledPolicy, compile_policy
 
@@ -18,4 +18,5 @@ def load_policy(path) -> CompiledPolicy:
 __all__ = [
     "Access", "CompiledPolicy", "Decision", "PolicyLoadError", "PolicySpec", "Problem",
     "Request", "SourceRef", "TraceStep", "compile_policy", "load_policy", "parse_text", "read_file",
+    "read_rules_bytes",
 ]

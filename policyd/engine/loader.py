@@ -459,12 +459,17 @@ def _finish(spec: PolicySpec, walker: _Reader, **extra) -> PolicySpec:
     return PolicySpec(**{**spec.__dict__, "warnings": warnings, **extra})
 
 
-def read_file(path: str | os.PathLike[str]) -> PolicySpec:
-    """Read and validate a rules file in one go (one read: no half-written views)."""
+def read_rules_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The file's bytes in one read (no half-written views); PolicyLoadError if unreadable.
+    Reads one byte past the limit so that parse_text can refuse an oversized file."""
     file = os.fspath(path)
     try:
         with open(file, "rb") as fh:
-            data = fh.read(MAX_FILE_BYTES + 1)
+            return fh.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise PolicyLoadError([Problem(SourceRef(file, 0, 0, ""), f"cannot read: {exc.strerror or exc}")]) from None
-    return parse_text(data, file)
+
+
+def read_file(path: str | os.PathLike[str]) -> PolicySpec:
+    """Read and validate a rules file in one go."""
+    return parse_text(read_rules_bytes(path), os.fspath(path))

@@ -117,6 +117,9 @@ class DaemonCollector:
                                 value=getattr(self.store, "last_reload_seconds", 0.0))
         yield CounterMetricFamily("policyd_kicked_identities", "Identities whose sessions reloads asked "
                                   "brokers to disconnect", value=getattr(self.store, "kicks_total", 0))
+        yield CounterMetricFamily("policyd_state_save_failures", "Saves of the --state-dir that failed "
+                                  "(a restart would resume from an older policy)",
+                                  value=getattr(self.store, "state_errors", 0))
 
 
 class ShimCollector:

@@ -18,6 +18,7 @@ from . import listen
 from .link_tls import LinkTls
 from .logs import DecisionLog, DecisionLogOptions
 from .service import AdminService, PolicyService
+from .state import StateDir
 from .store import PolicyStore
 from .watch_stream import MAX_STREAMS as MAX_WATCH_STREAMS
 from .watcher import RulesFileWatcher
@@ -40,6 +41,7 @@ class ServeOptions:
     decision_log: Optional[DecisionLogOptions] = None
     watch_rules: bool = True  # reload when the rules file changes on disk
     tls: Optional[LinkTls] = None  # mutual TLS on TCP listeners (link_tls.py)
+    state_dir: Optional[str] = None  # what survives a restart (state.py); None: nothing does
 
 
 class Daemon:
@@ -52,7 +54,7 @@ class Daemon:
 
     def __init__(self, opts: ServeOptions):
         self.opts = opts
-        self.store = PolicyStore(opts.rules)
+        self.store = PolicyStore(opts.rules, StateDir(opts.state_dir) if opts.state_dir else None)
         self.policy_service = PolicyService(self.store, opts.cache_ttl_ms)
         self._servers: list[grpc.Server] = []
         self._unix_paths: list[str] = []
@@ -66,9 +68,12 @@ class Daemon:
     def start(self) -> None:
         if self.opts.watch_rules:  # looks at the file before the first load: no edit is missed
             self.watcher = RulesFileWatcher(self.store)
-        outcome = self.store.reload("start")
-        if not outcome.ok:
+        outcome = self.store.start()
+        if not self.store.has_policy:
             raise PolicyLoadError(list(outcome.problems))
+        if not outcome.ok:
+            log.warning("serving the policy in force before the restart (generation %d) until %s "
+                        "loads", outcome.generation, self.opts.rules)
         endpoint = listen.parse(self.opts.listen)
         admin = (listen.parse(self.opts.admin_listen) if self.opts.admin_listen
                  else listen.admin_default(endpoint))

@@ -17,10 +17,13 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
-from ..engine import CompiledPolicy, PolicyLoadError, Problem, load_policy
+from ..engine import CompiledPolicy, PolicyLoadError, Problem, compile_policy, parse_text, read_rules_bytes
 from ..engine.diff import usernames_to_kick
+
+if TYPE_CHECKING:
+    from .state import StateDir
 
 log = logging.getLogger("policyd.store")
 
@@ -76,8 +79,10 @@ class StoreStatus:
 
 
 class PolicyStore:
-    def __init__(self, rules_file: str):
+    def __init__(self, rules_file: str, state: "StateDir | None" = None):
         self.rules_file = rules_file
+        self.state = state                  # what survives a restart (server/state.py), if kept
+        self.state_errors = 0               # saves of that state that failed
         self._lock = threading.Lock()  # serialises reloads; readers never take it
         self._policy: CompiledPolicy | None = None
         self._loaded_at = 0.0
@@ -110,6 +115,31 @@ class PolicyStore:
         previous = self._policy.generation if self._policy else 0
         return max(previous + 1, int(time.time() * 1000))
 
+    def start(self) -> ReloadOutcome:
+        """The first load. With a state directory, the policy in force before the
+        restart comes first: if the rules file is rejected it stays in force (last
+        known good, reported like any rejected reload), and if the file changed,
+        the swap is an ordinary one whose kicks returning brokers are replayed."""
+        saved = self.state.load() if self.state is not None else None
+        if saved is not None:
+            try:
+                previous = compile_policy(parse_text(saved.data, self.rules_file))
+            except PolicyLoadError as exc:  # e.g. saved by a version that accepted more
+                log.error("the saved policy of generation %d does not load any more, starting without "
+                          "it: %s", saved.generation, exc)
+            else:
+                with self._lock:
+                    self._policy = previous.with_generation(saved.generation)
+                    self._loaded_at = time.time()
+                    self._history.extend(saved.swaps)
+                log.info("resuming from the saved state: generation %d (sha256 %s), %d swaps remembered",
+                         saved.generation, previous.source_sha256[:12], len(saved.swaps))
+        return self.reload("start")
+
+    @property
+    def has_policy(self) -> bool:
+        return self._policy is not None
+
     def reload(self, trigger: str, quiet_failure: bool = False) -> ReloadOutcome:
         """Load, validate, swap. `quiet_failure`: a rejected file is neither
         recorded nor logged nor counted (the file watcher's first look at a
@@ -118,7 +148,8 @@ class PolicyStore:
         with self._lock, _checks_keep_running():
             started = time.perf_counter()
             try:
-                candidate = load_policy(self.rules_file)
+                data = read_rules_bytes(self.rules_file)
+                candidate = compile_policy(parse_text(data, self.rules_file))
             except PolicyLoadError as exc:
                 if quiet_failure:
                     return ReloadOutcome(False, self._policy.generation if self._policy else 0,
@@ -130,7 +161,14 @@ class PolicyStore:
                 generation = self._policy.generation if self._policy else 0
                 log.error("reload (%s) rejected, keeping generation %d: %s", trigger, generation, exc)
                 return ReloadOutcome(False, generation, tuple(exc.problems), trigger)
-            old, policy = self._policy, candidate.with_generation(self._next_generation())
+            old = self._policy
+            if trigger == "start" and old is not None and old.source_sha256 == candidate.source_sha256:
+                # The saved policy is the file: keep its generation, so brokers' caches stay valid.
+                self._loaded_at, self.reloads_ok = time.time(), self.reloads_ok + 1
+                log.info("policy generation %d resumed from %s: unchanged since the restart",
+                         old.generation, self.rules_file)
+                return ReloadOutcome(True, old.generation, (), trigger)
+            policy = candidate.with_generation(self._next_generation())
             self._policy = policy  # the atomic swap
             self._loaded_at = time.time()
             self._last_problems = ()
@@ -149,7 +187,19 @@ class PolicyStore:
                 swap = PolicySwap(policy.generation, kicks, old.generation)
                 self._history.append(swap)
                 self._notify(swap)
+            self._save_state(data, policy.generation)
             return ReloadOutcome(True, policy.generation, (), trigger, kicks)
+
+    def _save_state(self, data: bytes, generation: int) -> None:
+        """After the swap and the kicks: a slow disk delays nothing that matters."""
+        if self.state is None:
+            return
+        try:
+            self.state.save(data, generation, self._history)
+        except OSError as exc:  # the new policy is in force; only a restart would not know it
+            self.state_errors += 1
+            log.error("cannot save the state to %s (%s): a restart would resume from an older "
+                      "policy", self.state.path, exc)
 
     def _kicks(self, old: CompiledPolicy | None, new: CompiledPolicy) -> frozenset[str]:
         if old is None:

@@ -97,7 +97,9 @@ def test_exec_start_flags_are_accepted_by_policyd():
     args = build_parser().parse_args(argv[1:])
     assert args.listen == "unix:/run/policyd/policyd.sock" and args.socket_group == "mosquitto"
     assert args.metrics_listen.startswith("127.0.0.1:")
+    assert args.state_dir == "/var/lib/policyd" and s["StateDirectory"] == ["policyd"]
     pre = shlex.split(s["ExecStartPre"][0])
+    assert pre[0] == "-" + INSTALLED_POLICYD  # a rejected file must not stop the start: see --state-dir
     assert build_parser().parse_args(pre[1:]).files == [args.rules]
 
 
