@@ -119,7 +119,8 @@ def _read_body(text: str, pos: int, line_no: int, file: str) -> tuple[dict, dict
     name = key = None           # the identity whose rules are being read, and its keys' prefix
     rules: list[RuleSpec] = []
     name_indent = dash_indent = None  # as text: compared once per line, measured once
-    block_start = 0
+    block_start = names = 0
+    new = tuple.__new__
     for m in _LINE.finditer(text, pos):
         if m.start() != pos:
             break
@@ -130,12 +131,13 @@ def _read_body(text: str, pos: int, line_no: int, file: str) -> tuple[dict, dict
                 name_indent = indent
             elif indent != name_indent:
                 return Miss(line_no, "identities at different indentations")
-            if new_name in users or new_name == name or new_name in _NULLS:
-                return Miss(line_no, f"identity {new_name!r} twice, or a null word")
+            if new_name in _NULLS:
+                return Miss(line_no, f"identity {new_name!r} is a YAML null")
             if name is not None:
                 users[name] = tuple(rules)
                 sources[name] = text[block_start:m.start()]
             name, rules, dash_indent, block_start = new_name, [], None, m.start()
+            names += 1
             key = f"users.{name}["
         elif dash is not None:
             if name is None:
@@ -160,7 +162,8 @@ def _read_body(text: str, pos: int, line_no: int, file: str) -> tuple[dict, dict
             if access not in _ACCESS_WORDS or topic in _NULLS or len(topic) > topics.MAX_TOPIC_BYTES or not (
                     _PLAIN_TOPIC_CHARS.isdisjoint(topic) or _filter_ok(topic)):
                 return Miss(line_no, "a rule the general reader must judge")
-            rules.append(RuleSpec(topic, access, SourceRef(file, line_no, column, f"{key}{len(rules)}]")))
+            # tuple.__new__: the named tuples' own __new__ is Python code, this is 100,000s of calls
+            rules.append(new(RuleSpec, (topic, access, new(SourceRef, (file, line_no, column, f"{key}{len(rules)}]")))))
             if indent2 is not None:
                 line_no += 1
         line_no += 1
@@ -173,6 +176,8 @@ def _read_body(text: str, pos: int, line_no: int, file: str) -> tuple[dict, dict
         return Miss(line_no, "no identity")
     users[name] = tuple(rules)
     sources[name] = text[block_start:pos]
+    if len(users) != names:
+        return Miss(0, "an identity listed twice")
     return users, sources, pos
 
 

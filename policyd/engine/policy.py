@@ -186,6 +186,10 @@ class UserRuleSets(Mapping[str, RuleSet]):
         return (frozenset(r for r in rules if r[1] != "deny"),
                 frozenset(topic for topic, access in rules if access == "deny"))
 
+    def tables(self) -> tuple[dict, ...]:
+        """The per-identity tables, for CompiledPolicy.release_gradually."""
+        return (self._compiled, self._specs)
+
     @property
     def group_rules(self) -> Mapping[str, list[CompiledRule]]:
         """Identity -> the rules its groups give it."""
@@ -252,6 +256,19 @@ class CompiledPolicy:
     @property
     def identity_count(self) -> int:
         return len(self.users) + sum(1 for name in self.superusers if name not in self.users)
+
+    def release_gradually(self, chunk: int = 1000) -> Iterator[None]:
+        """Empty the per-identity tables a chunk at a time, yielding between chunks.
+
+        Only for a policy that nothing can reach any more (the caller proves it):
+        freeing 100,000 identities in one go is one C-level cascade of about
+        600,000 objects, some 40 ms during which no other thread can run.
+        """
+        for table in (*self.users.tables(), self.user_sources):
+            while table:
+                for _ in range(min(chunk, len(table))):
+                    table.popitem()
+                yield
 
     def with_generation(self, generation: int) -> "CompiledPolicy":
         return dataclasses.replace(self, generation=generation)

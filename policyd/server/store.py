@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from ..engine import CompiledPolicy, PolicyLoadError, Problem, compile_policy, parse_text, read_rules_bytes
 from ..engine.diff import usernames_to_kick
 
+from .retire import PolicyRetirement
+
 if TYPE_CHECKING:
     from .state import StateDir
 
@@ -82,6 +84,7 @@ class PolicyStore:
     def __init__(self, rules_file: str, state: "StateDir | None" = None):
         self.rules_file = rules_file
         self.state = state                  # what survives a restart (server/state.py), if kept
+        self._retirement = PolicyRetirement()  # frees replaced policies without stalling checks
         self.state_errors = 0               # saves of that state that failed
         self._lock = threading.Lock()  # serialises reloads; readers never take it
         self._policy: CompiledPolicy | None = None
@@ -188,6 +191,9 @@ class PolicyStore:
                 self._history.append(swap)
                 self._notify(swap)
             self._save_state(data, policy.generation)
+            if old is not None:
+                self._retirement.retire(old)
+                del old  # the retirement thread's reference is now the last one
             return ReloadOutcome(True, policy.generation, (), trigger, kicks)
 
     def _save_state(self, data: bytes, generation: int) -> None:
