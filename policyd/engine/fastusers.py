@@ -41,6 +41,10 @@ _NAME = r"[A-Za-z0-9_][A-Za-z0-9_.@=-]*"
 # A plain scalar value (topic or access word): no space, quote, `:`, `,` or
 # brackets, and not starting with `#`, `%` or `-`.
 _VALUE = r"[A-Za-z0-9_./$+][A-Za-z0-9_./$+#%-]*"
+# Quoted scalars on one line, printable ASCII, without escapes ('' or backslash): a
+# topic such as '#' must be quoted in YAML, so these are common in real files.
+_QUOTED = r"'[ -&(-~]*'" + "|" + r'"[ !\#-\[\]-~]*"'
+_SCALAR = rf"(?:{_VALUE}|{_QUOTED})"
 # Comment text: what YAML accepts as printable, minus tab and every line break.
 _COMMENT = r"\#[ -~\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]*"
 _KEY = r"topic|access"
@@ -51,11 +55,11 @@ _KEY = r"topic|access"
 _LINE = re.compile(rf"""
     (?P<indent>\ +)   # content is indented: a line in column 0 ends the section
     (?:
-        (?P<name>{_NAME}):
+        (?P<name>{_NAME}|{_QUOTED}):
       | (?P<dash>-\ +)(?:
-            (?P<k1>{_KEY}):\ +(?P<v1>{_VALUE})(?:\ +{_COMMENT})?\ *\n
-            (?P<indent2>\ +)(?P<k2>{_KEY}):\ +(?P<v2>{_VALUE})
-          | \{{\ *(?P<fk1>{_KEY}):\ +(?P<fv1>{_VALUE})\ *,\ *(?P<fk2>{_KEY}):\ +(?P<fv2>{_VALUE})\ *\}}
+            (?P<k1>{_KEY}):\ +(?P<v1>{_SCALAR})(?:\ +{_COMMENT})?\ *\n
+            (?P<indent2>\ +)(?P<k2>{_KEY}):\ +(?P<v2>{_SCALAR})
+          | \{{\ *(?P<fk1>{_KEY}):\ +(?P<fv1>{_SCALAR})\ *,\ *(?P<fk2>{_KEY}):\ +(?P<fv2>{_SCALAR})\ *\}}
         )
     )
     (?:\ +{_COMMENT})?\ *\n
@@ -65,7 +69,9 @@ _LINE = re.compile(rf"""
 # The section's own line.
 _SECTION = re.compile(rf"^users:(?:\ +{_COMMENT})?\ *\n", re.MULTILINE | re.VERBOSE)
 _NEXT_KEY_START = re.compile(r"[A-Za-z0-9_\"']")
-_NULLS = frozenset(("null", "Null", "NULL"))
+_NULLS = frozenset(("null", "Null", "NULL"))  # plain words YAML reads as null; quoted they are text
+_QUOTES = frozenset("'\"")
+_UNSAFE_IDENTITY_CHARS = frozenset("+#/")  # the rest of loader.UNSAFE_IDENTITY_CHARS cannot match
 _ACCESS_WORDS = frozenset(ACCESS_WORDS)
 _PLAIN_TOPIC_CHARS = frozenset("+#%")
 
@@ -131,7 +137,11 @@ def _read_body(text: str, pos: int, line_no: int, file: str) -> tuple[dict, dict
                 name_indent = indent
             elif indent != name_indent:
                 return Miss(line_no, "identities at different indentations")
-            if new_name in _NULLS:
+            if new_name[0] in _QUOTES:
+                new_name = new_name[1:-1]
+                if not new_name or not _UNSAFE_IDENTITY_CHARS.isdisjoint(new_name):
+                    return Miss(line_no, "an identity the general reader must judge")
+            elif new_name in _NULLS:
                 return Miss(line_no, f"identity {new_name!r} is a YAML null")
             if name is not None:
                 users[name] = tuple(rules)
@@ -159,7 +169,13 @@ def _read_body(text: str, pos: int, line_no: int, file: str) -> tuple[dict, dict
                 topic, access = v2, v1
             else:
                 return Miss(line_no, "a rule without both topic and access")
-            if access not in _ACCESS_WORDS or topic in _NULLS or len(topic) > topics.MAX_TOPIC_BYTES or not (
+            if topic[0] in _QUOTES:
+                topic = topic[1:-1]
+            elif topic in _NULLS:
+                topic = ""
+            if access[0] in _QUOTES:
+                access = access[1:-1]
+            if access not in _ACCESS_WORDS or not topic or len(topic) > topics.MAX_TOPIC_BYTES or not (
                     _PLAIN_TOPIC_CHARS.isdisjoint(topic) or _filter_ok(topic)):
                 return Miss(line_no, "a rule the general reader must judge")
             # tuple.__new__: the named tuples' own __new__ is Python code, this is 100,000s of calls
@@ -168,7 +184,7 @@ def _read_body(text: str, pos: int, line_no: int, file: str) -> tuple[dict, dict
                 line_no += 1
         line_no += 1
     if pos < len(text) and text[pos] in " #\n":
-        return Miss(line_no, "not in the fast form (quotes, flow lists, tabs, non-ASCII names...)")
+        return Miss(line_no, "not in the fast form (escapes in quotes, flow lists, tabs, non-ASCII...)")
     if pos < len(text) and not _NEXT_KEY_START.match(text, pos):
         # `- x` or `: x` in column 0 would attach to the key before `users:` once it is blanked
         return Miss(line_no, "the line after the section does not start a key")

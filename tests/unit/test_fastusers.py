@@ -43,6 +43,8 @@ users:   # one block per device
   Device3:
     -   topic: a/%%u/b
         access: deny  
+  "Device 4":
+    - {topic: '#', access: "read"}   # quoted: '#' would start a comment
 patterns:
   - {topic: /pattern/%u/#, access: read}
 """
@@ -51,7 +53,8 @@ patterns:
 def test_regular_file_is_read_fast_and_equal():
     spec = assert_same(REGULAR)
     assert spec.reader == "fast"
-    assert list(spec.users) == ["Device1", "dev-2.example@site=a_b", "Empty", "Device3"]
+    assert list(spec.users) == ["Device1", "dev-2.example@site=a_b", "Empty", "Device3", "Device 4"]
+    assert spec.users["Device 4"][0][:2] == ("#", "read")
     assert spec.users["Empty"] == ()
     rule = spec.users["dev-2.example@site=a_b"][0]
     assert (rule.topic, rule.access, rule.ref.line, rule.ref.column, rule.ref.key) == (
@@ -74,8 +77,12 @@ def test_section_anywhere_in_the_file(where):
 
 # Each of these must leave the fast form (and still load exactly as YAML says).
 OUT_OF_FORM = {
-    "quoted name": 'users:\n  "D 1":\n    - {topic: a, access: read}\n',
-    "quoted topic": "users:\n  D1:\n    - {topic: 'a', access: read}\n",
+    "escape in single quotes": "users:\n  D1:\n    - {topic: 'it''s', access: read}\n",
+    "escape in double quotes": 'users:\n  D1:\n    - {topic: "a\\tb", access: read}\n',
+    "quoted empty identity": "users:\n  '':\n    - {topic: a, access: read}\n",
+    "quoted unsafe identity": "users:\n  'a/b':\n    - {topic: a, access: read}\n",
+    "quoted empty topic": "users:\n  D1:\n    - {topic: '', access: read}\n",
+    "quotes across lines": "users:\n  D1:\n    - topic: 'a\n        b'\n      access: read\n",
     "flow list of rules": "users:\n  D1: [{topic: a, access: read}]\n",
     "non-ASCII identity": "users:\n  Gerät:\n    - {topic: a, access: read}\n",
     "tab": "users:\n  D1:\n    - {topic: a,\taccess: read}\n",
@@ -116,12 +123,15 @@ def test_out_of_form_files_load_exactly_as_yaml_says(name):
 
 # --- generated files -----------------------------------------------------------
 
-GOOD_NAMES = ["D1", "D2", "dev-3", "a.b", "x@y", "e=1", "_u", "9", "Device000123"]
-BAD_NAMES = ["null", "a b", "a+b", "a#b", "a/b", "é", "'q'", "-x", "a:b", "~", "%x", "Null"]
-GOOD_TOPICS = ["a", "a/b", "/device/%u/#", "cmd/%c/+", "a/#", "+", "+/x", "a/%%u", "$SYS/x", "a%b", "a.b-c"]
-BAD_TOPICS = ["#", "%%u/y", "a/#/b", "a%u", "%u/x", "a b", "'q'", "a:b", "null", "x,y", "a/+b", "[a]", "a #b"]
-GOOD_ACCESS = ["read", "write", "readwrite", "deny"]
-BAD_ACCESS = ["rw", "null", "Read", "'read'"]
+GOOD_NAMES = ["D1", "D2", "dev-3", "a.b", "x@y", "e=1", "_u", "9", "Device000123", "'q'", '"D 9"', "'null'"]
+BAD_NAMES = ["null", "a b", "a+b", "a#b", "a/b", "é", "-x", "a:b", "~", "%x", "Null", "'a/b'", "''", "'it''s'",
+             '"a\\tb"', "'D1'"]
+GOOD_TOPICS = ["a", "a/b", "/device/%u/#", "cmd/%c/+", "a/#", "+", "+/x", "a/%%u", "$SYS/x", "a%b", "a.b-c",
+               "'#'", '"+/x/#"', "'a b/%u'", '"x:y,z"', "'null'"]
+BAD_TOPICS = ["#", "%%u/y", "a/#/b", "a%u", "%u/x", "a b", "a:b", "null", "x,y", "a/+b", "[a]", "a #b",
+              "''", "'a/#/b'", "'it''s'", '"a\\"b"', "'é'"]
+GOOD_ACCESS = ["read", "write", "readwrite", "deny", "'read'", '"deny"']
+BAD_ACCESS = ["rw", "null", "Read", "'rw'"]
 REST_BEFORE = ["", "superusers: [admin]\n", "# top\n", "patterns:\n  - {topic: p/%u, access: deny}\n",
                "anonymous:\n- topic: pub/#\n  access: read\n", "superusers: [a,\n  b]\n", "---\n"]
 REST_AFTER = ["", "groups:\n  g:\n    members: [D1, D2]\n    rules:\n      - {topic: g/#, access: deny}\n",
@@ -216,9 +226,19 @@ def test_validate_says_when_a_large_users_section_misses_the_fast_form(tmp_path,
     n = LARGE_USERS_SECTION
     regular = tmp_path / "regular.yaml"
     regular.write_text("users:\n" + "".join(f"  D{i}:\n    - {{topic: a/%u, access: read}}\n" for i in range(n)))
-    quoted = tmp_path / "quoted.yaml"
-    quoted.write_text("users:\n" + "".join(f"  'D{i}':\n    - {{topic: a/%u, access: read}}\n" for i in range(n)))
-    assert main(["validate", str(regular), str(quoted)]) == 0
+    flow = tmp_path / "flow.yaml"
+    flow.write_text("users:\n" + "".join(f"  D{i}: [{{topic: a/%u, access: read}}]\n" for i in range(n)))
+    assert main(["validate", str(regular), str(flow)]) == 0
     out = capsys.readouterr().out
     assert f"{regular}: note" not in out
-    assert f"{quoted}: note: the users section is read by the general YAML reader (line 2: " in out
+    assert f"{flow}: note: the users section is read by the general YAML reader (line 2: " in out
+
+
+def test_the_example_in_the_rules_reference_is_in_the_regular_form():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "rules.md").read_text()
+    section = doc[doc.index("### Large files"):]
+    example = section[section.index("```yaml\n") + 8:section.index("```\n", section.index("```yaml\n") + 8)]
+    spec = assert_same(example)
+    assert spec.reader == "fast" and list(spec.users) == ["Device1", "Device 2", "ops-console"]
