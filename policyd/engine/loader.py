@@ -22,7 +22,7 @@ from ..identity.passwords import read_passwords
 from ..identity.spec import IdentitySpec, Revocations, read_identity, read_revoked
 from . import topics
 from .fastusers import Miss, read_users_section, rest_is_separate
-from .fastyaml import MAP_TAG, NULL_TAG, STR_TAG, compose, no_gc
+from .fastyaml import MAP_TAG, NULL_TAG, STR_TAG, compose, no_gc, release
 from .model import ACCESS_WORDS, Problem, RuleSpec, SourceRef
 from .shadow import shadow_warnings
 from .templates import TEMPLATES, TemplateError, compile_topic
@@ -389,16 +389,18 @@ def _kind(node: yaml.Node | None) -> str:
     return f"{node.value!r}"
 
 
-def parse_text(data: bytes, file: str = "<rules>", *, fast: bool = True) -> PolicySpec:
+def parse_text(data: bytes, file: str = "<rules>", *, fast: bool = True,
+               interruptible: bool = False) -> PolicySpec:
     """Validate rules-file bytes; raise PolicyLoadError naming every problem.
 
     `fast=False` reads the users section with libyaml even when the fast
-    reader could (the tests compare the two)."""
+    reader could (the tests compare the two). `interruptible`: where libyaml
+    composes, let other threads run meanwhile (the daemon; fastyaml.py)."""
     with no_gc():
-        return _parse(data, file, fast)
+        return _parse(data, file, fast, interruptible)
 
 
-def _parse(data: bytes, file: str, fast: bool) -> PolicySpec:
+def _parse(data: bytes, file: str, fast: bool, interruptible: bool) -> PolicySpec:
     reader = _Reader(file)
     if len(data) > MAX_FILE_BYTES:
         reader.error(None, "", f"file is larger than {MAX_FILE_BYTES} bytes")
@@ -416,7 +418,7 @@ def _parse(data: bytes, file: str, fast: bool) -> PolicySpec:
             return spec
         how = f"yaml: {spec}"
     try:
-        root = compose(text)
+        root = compose(text, interruptible=interruptible)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
@@ -426,6 +428,8 @@ def _parse(data: bytes, file: str, fast: bool) -> PolicySpec:
         reader.error(None, "", f"YAML: {exc}")
         raise PolicyLoadError(reader.problems) from None
     spec = reader.document(root, sha256)
+    if interruptible:
+        release(root)
     if spec is None:
         raise PolicyLoadError(reader.problems)
     return _finish(spec, reader, reader=how)

@@ -152,7 +152,7 @@ class PolicyStore:
             started = time.perf_counter()
             try:
                 data = read_rules_bytes(self.rules_file)
-                candidate = compile_policy(parse_text(data, self.rules_file))
+                candidate = compile_policy(parse_text(data, self.rules_file, interruptible=True))
             except PolicyLoadError as exc:
                 if quiet_failure:
                     return ReloadOutcome(False, self._policy.generation if self._policy else 0,
