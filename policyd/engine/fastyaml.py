@@ -79,25 +79,28 @@ def compose(text: str, *, interruptible: bool = False) -> yaml.Node | None:
         loader.dispose()
 
 
-def release(node: yaml.Node | None, chunk: int = 1000) -> None:
+def release(node: yaml.Node | None, chunk: int = 1000, _seen: set[int] | None = None) -> None:
     """Free a composed tree a chunk at a time, so that other threads run between
     chunks. Dropping 100,000 identities' nodes at once is one C-level cascade of
     1.2 million objects (about 0.1 s in which nothing else runs). Long lists are
     taken apart chunk by chunk; the children of short lists are visited too (that
-    is cheap), so a long list under a few short ones is found as well."""
+    is cheap), so a long list under a few short ones is found as well. Each node
+    is visited once: aliases share nodes ("billion laughs" shares them 9^9 times)."""
+    seen = set() if _seen is None else _seen
     items = node.value if node is not None and isinstance(node.value, list) else None
-    if not items:
+    if not items or id(node) in seen:
         return
+    seen.add(id(node))
     if len(items) <= chunk:
         for child in _children(items):
-            release(child, chunk)
+            release(child, chunk, seen)
         return
     while items:
         part = items[-chunk:]
         del items[-chunk:]
         for child in _children(part):
             if isinstance(child.value, list) and len(child.value) > chunk:
-                release(child, chunk)
+                release(child, chunk, seen)
         del part
 
 

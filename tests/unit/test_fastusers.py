@@ -287,3 +287,17 @@ def test_release_takes_a_tree_apart_including_long_lists_inside():
     assert len(big.value) == len(inner.value) == 2500
     release(root, chunk=100)
     assert big.value == [] and inner.value == []
+
+
+def test_release_visits_aliased_nodes_once(monkeypatch):
+    from policyd.engine import fastyaml
+
+    laughs = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+    for level, prev in zip("bcd", "abc"):
+        laughs += f"{level}: &{level} [{', '.join(['*' + prev] * 9)}]\n"
+    root = fastyaml.compose(laughs)
+    calls = []
+    original = fastyaml.release
+    monkeypatch.setattr(fastyaml, "release", lambda *a: (calls.append(1), original(*a))[1])
+    fastyaml.release(root, 1000)
+    assert len(calls) < 100  # 9**4 = 6,561 paths lead to the 9 strings of `a`
