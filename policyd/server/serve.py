@@ -14,7 +14,7 @@ import grpc
 
 from ..engine import PolicyLoadError
 from ..v1 import policy_pb2_grpc as pb_grpc
-from . import listen
+from . import listen, sd_notify
 from .link_tls import LinkTls
 from .logs import DecisionLog, DecisionLogOptions
 from .service import AdminService, PolicyService
@@ -168,6 +168,7 @@ class Daemon:
         self.stop()
 
     def stop(self) -> None:
+        sd_notify.notify("STOPPING=1")
         self._serving = False
         if self.watcher is not None:
             self.watcher.stop()
@@ -186,6 +187,12 @@ class Daemon:
 
 def serve(opts: ServeOptions) -> int:
     daemon = Daemon(opts)
+    # Before the first load: a SIGHUP while a large file loads must queue a reload, not end
+    # the process (the default action), and SIGTERM must stop it once it has started.
+    signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
+    signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: daemon.request_stop())
+    log.info("policyd starting: loading %s", opts.rules)
     try:
         daemon.start()
     except PolicyLoadError as exc:
@@ -198,9 +205,7 @@ def serve(opts: ServeOptions) -> int:
         log.error("not starting: %s", exc)
         daemon.stop()
         return 2
-    signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
-    signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop())
-    signal.signal(signal.SIGINT, lambda *_: daemon.request_stop())
+    sd_notify.notify("READY=1", f"STATUS=serving generation {daemon.store.status().generation}")
     daemon.run_until_stopped()
     log.info("policyd stopped")
     return 0
