@@ -54,7 +54,7 @@ class Daemon:
 
     def __init__(self, opts: ServeOptions):
         self.opts = opts
-        self.store = PolicyStore(opts.rules, StateDir(opts.state_dir) if opts.state_dir else None)
+        self.store = PolicyStore(opts.rules, StateDir(opts.state_dir, opts.rules) if opts.state_dir else None)
         self.policy_service = PolicyService(self.store, opts.cache_ttl_ms)
         self._servers: list[grpc.Server] = []
         self._unix_paths: list[str] = []

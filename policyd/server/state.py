@@ -41,8 +41,12 @@ class SavedState:
 
 
 class StateDir:
-    def __init__(self, path: str):
+    """The state of the daemon serving `rules_file`; a state saved for another file is ignored
+    (after `--rules` changes, the old policy is neither a fallback nor the base of a kick list)."""
+
+    def __init__(self, path: str, rules_file: str):
         self.path = path
+        self.rules_file = os.path.abspath(rules_file)
 
     def load(self) -> SavedState | None:
         """The saved state; None when there is none or it cannot be trusted (logged)."""
@@ -60,6 +64,10 @@ class StateDir:
                 data = fh.read()
             if state["format"] != FORMAT or hashlib.sha256(data).hexdigest() != state["sha256"]:
                 raise ValueError("format or checksum does not match")
+            if state["rules_file"] != self.rules_file:
+                log.warning("ignoring the saved state in %s: it was saved for %s, not %s", self.path,
+                            state["rules_file"], self.rules_file)
+                return None
             swaps = tuple(PolicySwap(int(s["generation"]), frozenset(map(str, s["kicks"])), int(s["previous"]))
                           for s in state["swaps"])
             return SavedState(data, int(state["generation"]), swaps)
@@ -74,6 +82,7 @@ class StateDir:
         sha256 = hashlib.sha256(data).hexdigest()
         state = {
             "format": FORMAT,
+            "rules_file": self.rules_file,
             "generation": generation,
             "sha256": sha256,
             "swaps": [{"generation": s.generation, "previous": s.previous, "kicks": sorted(s.kicks)}

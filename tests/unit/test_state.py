@@ -26,7 +26,7 @@ def paths(tmp_path):
 
 def daemon(rules, state) -> PolicyStore:
     """One daemon's store, started the way `policyd serve --state-dir` starts it."""
-    store = PolicyStore(str(rules), StateDir(str(state)))
+    store = PolicyStore(str(rules), StateDir(str(state), str(rules)))
     store.start()
     return store
 
@@ -40,7 +40,7 @@ def test_every_load_is_saved_privately(paths):
     store = daemon(rules, state)
     rules.write_text(NO_A)
     generation = store.reload("test").generation
-    saved = StateDir(str(state)).load()
+    saved = StateDir(str(state), str(rules)).load()
     assert saved.data == NO_A.encode() and saved.generation == generation
     assert stat.S_IMODE(os.stat(state).st_mode) == 0o700
     names = sorted(os.listdir(state))
@@ -125,6 +125,17 @@ def test_a_failing_save_keeps_the_new_policy_and_is_counted(paths, caplog):
     from policyd.server.metrics import Metrics
     from policyd.server.service import Counters
     assert b"policyd_state_save_failures_total 1.0" in Metrics(store, Counters()).render()
+
+
+def test_a_state_saved_for_another_rules_file_is_ignored(paths, caplog):
+    rules, state = paths
+    daemon(rules, state)
+    other = rules.with_name("other.yaml")
+    other.write_text(BROKEN)
+    with caplog.at_level(logging.WARNING, "policyd.state"):
+        store = daemon(other, state)
+    assert not store.has_policy  # the first file's policy does not stand in for the second's
+    assert f"it was saved for {rules}, not {other}" in caplog.text
 
 
 # --- replaced policies are freed a chunk at a time (server/retire.py) ------------
