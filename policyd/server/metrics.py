@@ -120,6 +120,10 @@ class DaemonCollector:
         yield CounterMetricFamily("policyd_state_save_failures", "Saves of the --state-dir that failed "
                                   "(a restart would resume from an older policy)",
                                   value=getattr(self.store, "state_errors", 0))
+        state = getattr(self.store, "state", None)
+        yield GaugeMetricFamily("policyd_state_ignored", "1 when the --state-dir state found at start "
+                                "could not be used (damaged, or saved for another rules file)",
+                                value=int(bool(state is not None and state.ignored)))
 
 
 class ShimCollector:

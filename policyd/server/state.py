@@ -47,6 +47,7 @@ class StateDir:
     def __init__(self, path: str, rules_file: str):
         self.path = path
         self.rules_file = os.path.abspath(rules_file)
+        self.ignored = False  # a saved state was found at start and not used (metric)
 
     def load(self) -> SavedState | None:
         """The saved state; None when there is none or it cannot be trusted (logged)."""
@@ -58,6 +59,7 @@ class StateDir:
             return None
         except (OSError, ValueError) as exc:
             log.error("ignoring the saved state in %s: %s", self.path, exc)
+            self.ignored = True
             return None
         try:
             with open(os.path.join(self.path, _rules_name(str(state["sha256"]))), "rb") as fh:
@@ -67,6 +69,7 @@ class StateDir:
             if state["rules_file"] != self.rules_file:
                 log.warning("ignoring the saved state in %s: it was saved for %s, not %s", self.path,
                             state["rules_file"], self.rules_file)
+                self.ignored = True
                 return None
             swaps = tuple(PolicySwap(int(s["generation"]), frozenset(map(str, s["kicks"])), int(s["previous"]))
                           for s in state["swaps"])
@@ -74,6 +77,7 @@ class StateDir:
         except (OSError, KeyError, TypeError, ValueError) as exc:
             log.error("ignoring the saved state in %s: %s is not a state this daemon wrote (%s)",
                       self.path, STATE_NAME, exc)
+            self.ignored = True
             return None
 
     def save(self, data: bytes, generation: int, swaps: Iterable[PolicySwap]) -> None:

@@ -113,6 +113,10 @@ def test_a_damaged_state_is_reported_and_ignored(paths, caplog, damage):
         store = daemon(rules, state)
     assert not store.has_policy  # it started from nothing, not from damaged bytes
     assert "ignoring the saved state" in caplog.text
+    assert store.state.ignored
+    from policyd.server.metrics import Metrics
+    from policyd.server.service import Counters
+    assert b"policyd_state_ignored 1.0" in Metrics(store, Counters()).render()
 
 
 def test_a_failing_save_keeps_the_new_policy_and_is_counted(paths, caplog):
