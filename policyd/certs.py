@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import errno
 import ipaddress
 import os
 import pwd
@@ -39,6 +38,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .fileio import TempFileError, write_atomically
 
 __all__ = [
     "CertError",
@@ -385,85 +386,29 @@ def _build_leaf(
 # --------------------------------------------------------------------------
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _atomic_write(
     path: Path, data: bytes, *, mode: int, overwrite: bool, owner: _Owner | None
 ) -> None:
-    """Write ``data`` to ``path`` atomically.
+    """Write ``data`` to ``path`` atomically (policyd/fileio.py), chowned to
+    ``owner`` on the open temporary file; ``overwrite=False`` refuses to replace."""
 
-    The temporary file is created in the same directory with
-    O_CREAT|O_EXCL and mode 0600 (so a private key is never readable by
-    others), chowned/chmod'ed on the open descriptor, fsync'ed, and then put
-    in place: ``os.replace`` when overwriting, otherwise ``os.link`` which
-    fails if ``path`` appeared in the meantime.
-    """
-    directory = path.parent
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    flags |= getattr(os, "O_NOFOLLOW", 0)
-    while True:
-        tmp = directory / f".{path.name}.{secrets.token_hex(6)}.tmp"
-        try:
-            fd = os.open(tmp, flags, 0o600)
-            break
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise CertError(f"cannot create {tmp}: {exc.strerror or exc}") from exc
-    placed = False
-    try:
-        try:
-            if owner is not None:
-                try:
-                    os.fchown(fd, owner.uid, owner.gid)
-                except OSError as exc:
-                    raise CertError(
-                        f"cannot change owner of {path} to {owner.name}: {exc.strerror or exc}"
-                    ) from exc
-            os.fchmod(fd, mode)  # exact mode, independent of the umask
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if overwrite:
-            os.replace(tmp, path)
-            placed = True
-        else:
+    def take_ownership(fd: int) -> None:
+        if owner is not None:
             try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise CertError(f"{path} already exists (use --force / force=True to overwrite)")
+                os.fchown(fd, owner.uid, owner.gid)
             except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
-                    raise
-                # Filesystem without hard links: best-effort no-clobber rename.
-                if os.path.lexists(path):
-                    raise CertError(f"{path} already exists (use --force / force=True to overwrite)")
-                os.rename(tmp, path)
-                placed = True
+                raise CertError(
+                    f"cannot change owner of {path} to {owner.name}: {exc.strerror or exc}"
+                ) from exc
+
+    try:
+        write_atomically(path, data, mode=mode, overwrite=overwrite, before_write=take_ownership)
+    except FileExistsError:
+        raise CertError(f"{path} already exists (use --force / force=True to overwrite)") from None
+    except TempFileError as exc:
+        raise CertError(f"cannot create {exc.filename}: {exc.strerror or exc}") from exc
     except OSError as exc:
         raise CertError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    finally:
-        if not placed:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-    _fsync_dir(directory)
 
 
 def _prepare_dir(out_dir: Path) -> Path:

@@ -32,8 +32,9 @@ from typing import NamedTuple
 import yaml
 
 from . import topics
-from .model import ACCESS_WORDS, RuleSpec, SourceRef
-from .templates import TemplateError, compile_topic
+from .fastyaml import NULL_WORDS
+from .model import ACCESS_WORDS, RuleSpec, SourceRef, identity_problem
+from .templates import NEEDS_FILTER_CHECK, rule_filter_problem
 
 # An identity: ASCII, no `+ # /` or NUL (so always safe as a topic level), not
 # starting with a YAML indicator. Anything else is read the general way.
@@ -69,11 +70,8 @@ _LINE = re.compile(rf"""
 # The section's own line.
 _SECTION = re.compile(rf"^users:(?:\ +{_COMMENT})?\ *\n", re.MULTILINE | re.VERBOSE)
 _NEXT_KEY_START = re.compile(r"[A-Za-z0-9_\"']")
-_NULLS = frozenset(("null", "Null", "NULL"))  # plain words YAML reads as null; quoted they are text
-_QUOTES = frozenset("'\"")
-_UNSAFE_IDENTITY_CHARS = frozenset("+#/")  # the rest of loader.UNSAFE_IDENTITY_CHARS cannot match
+_QUOTES = frozenset("'\"")  # plain words in NULL_WORDS are null; quoted they are text
 _ACCESS_WORDS = frozenset(ACCESS_WORDS)
-_PLAIN_TOPIC_CHARS = frozenset("+#%")
 
 
 class Miss(NamedTuple):
@@ -139,9 +137,9 @@ def _read_body(text: str, pos: int, line_no: int, file: str) -> tuple[dict, dict
                 return Miss(line_no, "identities at different indentations")
             if new_name[0] in _QUOTES:
                 new_name = new_name[1:-1]
-                if not new_name or not _UNSAFE_IDENTITY_CHARS.isdisjoint(new_name):
+                if identity_problem(new_name):
                     return Miss(line_no, "an identity the general reader must judge")
-            elif new_name in _NULLS:
+            elif new_name in NULL_WORDS:
                 return Miss(line_no, f"identity {new_name!r} is a YAML null")
             if name is not None:
                 users[name] = tuple(rules)
@@ -171,12 +169,12 @@ def _read_body(text: str, pos: int, line_no: int, file: str) -> tuple[dict, dict
                 return Miss(line_no, "a rule without both topic and access")
             if topic[0] in _QUOTES:
                 topic = topic[1:-1]
-            elif topic in _NULLS:
+            elif topic in NULL_WORDS:
                 topic = ""
             if access[0] in _QUOTES:
                 access = access[1:-1]
             if access not in _ACCESS_WORDS or not topic or len(topic) > topics.MAX_TOPIC_BYTES or not (
-                    _PLAIN_TOPIC_CHARS.isdisjoint(topic) or _filter_ok(topic)):
+                    NEEDS_FILTER_CHECK.isdisjoint(topic) or _filter_ok(topic)):
                 return Miss(line_no, "a rule the general reader must judge")
             # tuple.__new__: the named tuples' own __new__ is Python code, this is 100,000s of calls
             rules.append(new(RuleSpec, (topic, access, new(SourceRef, (file, line_no, column, f"{key}{len(rules)}]")))))
@@ -199,12 +197,7 @@ def _read_body(text: str, pos: int, line_no: int, file: str) -> tuple[dict, dict
 
 @functools.lru_cache(maxsize=4096)  # templated and wildcard topics repeat across identities
 def _filter_ok(topic: str) -> bool:
-    try:
-        topics.validate_filter(topic)
-        compile_topic(topic)
-    except (topics.TopicError, TemplateError):
-        return False
-    return True
+    return rule_filter_problem(topic) is None
 
 
 def rest_is_separate(root: yaml.Node | None, section: UsersSection) -> bool:

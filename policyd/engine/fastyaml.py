@@ -23,7 +23,7 @@ NULL_TAG = "tag:yaml.org,2002:null"
 STR_TAG = "tag:yaml.org,2002:str"
 SEQ_TAG = "tag:yaml.org,2002:seq"
 MAP_TAG = "tag:yaml.org,2002:map"
-_NULLS = frozenset(("", "~", "null", "Null", "NULL"))
+NULL_WORDS = frozenset(("", "~", "null", "Null", "NULL"))  # plain scalars the resolver reads as null
 
 from yaml.composer import Composer
 
@@ -47,7 +47,7 @@ class _Loader(_Parser):
 
     def resolve(self, kind, value, implicit):
         if kind is ScalarNode:
-            return NULL_TAG if implicit[0] and value in _NULLS else STR_TAG
+            return NULL_TAG if implicit[0] and value in NULL_WORDS else STR_TAG
         return SEQ_TAG if kind is SequenceNode else MAP_TAG
 
     def descend_resolver(self, current_node, current_index):

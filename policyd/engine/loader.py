@@ -23,9 +23,9 @@ from ..identity.spec import IdentitySpec, Revocations, read_identity, read_revok
 from . import topics
 from .fastusers import Miss, read_users_section, rest_is_separate
 from .fastyaml import MAP_TAG, NULL_TAG, STR_TAG, compose, no_gc, release
-from .model import ACCESS_WORDS, Problem, RuleSpec, SourceRef
+from .model import ACCESS_WORDS, UNSAFE_IDENTITY_CHARS, Problem, RuleSpec, SourceRef, identity_problem  # noqa: F401 - re-exported
 from .shadow import shadow_warnings
-from .templates import TEMPLATES, TemplateError, compile_topic
+from .templates import NEEDS_FILTER_CHECK, TEMPLATES, rule_filter_problem
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
 TOP_LEVEL_KEYS = ("superusers", "users", "groups", "certificates", "patterns", "anonymous",
@@ -35,10 +35,6 @@ GROUP_KEYS = ("members", "rules")
 CERTIFICATE_KEYS = ("match", "rules")
 # Certificate subject attributes a `certificates` entry may match on.
 CERT_ATTRIBUTES = ("O", "OU", "C", "ST", "L", "DC")
-# A topic without these needs no filter or template checks (see _Reader._plain_rule).
-_PLAIN_TOPIC_CHARS = frozenset("+#%\x00")
-# Characters that make an identity unusable as one topic level.
-UNSAFE_IDENTITY_CHARS = frozenset("+#/\x00")
 
 
 @dataclass(frozen=True)
@@ -90,19 +86,6 @@ class PolicyLoadError(Exception):
         first = str(errors[0]) if errors else "invalid rules file"
         more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
         super().__init__(first + more)
-
-
-def identity_problem(name: str) -> str | None:
-    """Why `name` cannot be an identity in a rules file, or None."""
-    if not name:
-        return "empty identity"
-    if UNSAFE_IDENTITY_CHARS.isdisjoint(name):
-        return None
-    bad = sorted(set(name) & UNSAFE_IDENTITY_CHARS)
-    if bad:
-        shown = ", ".join(repr(c) for c in bad)
-        return f"identity {name!r} contains {shown}, which can never be a safe topic level"
-    return None
 
 
 class _Reader:
@@ -239,23 +222,17 @@ class _Reader:
         else:
             return None
         if (access not in ACCESS_WORDS or not topic or 4 * len(topic) > topics.MAX_TOPIC_BYTES
-                or not _PLAIN_TOPIC_CHARS.isdisjoint(topic)):
+                or not NEEDS_FILTER_CHECK.isdisjoint(topic)):
             return None
         self._seen.add(id(node))
         return topic, access
 
     def topic_filter(self, node: yaml.Node, key: str, topic: str, *, pattern: bool) -> bool:
-        try:
-            levels = topics.validate_filter(topic)
-        except topics.TopicError as exc:
-            self.error(node, key, f"invalid topic filter {topic!r}: {exc}")
+        why = rule_filter_problem(topic)
+        if why is not None:
+            self.error(node, key, why)
             return False
-        try:
-            compile_topic(topic)
-        except TemplateError as exc:
-            self.error(node, key, str(exc))
-            return False
-        if pattern and not any(level in TEMPLATES for level in levels):
+        if pattern and not any(level in TEMPLATES for level in topic.split("/")):
             self.error(node, key, f"pattern {topic!r} has no %u or %c: it would apply to every client alike "
                                   "(put it under a user, a group or anonymous instead)")
             return False

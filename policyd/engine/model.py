@@ -48,6 +48,21 @@ class SourceRef(NamedTuple):  # a tuple: 100,000-rule files make hundreds of tho
         return f"{self.file}:{self.line} {self.key}"
 
 
+# Characters that make an identity unusable as one topic level.
+UNSAFE_IDENTITY_CHARS = frozenset("+#/\x00")
+
+
+def identity_problem(name: str) -> str | None:
+    """Why `name` cannot be an identity in a rules file, or None."""
+    if not name:
+        return "empty identity"
+    if UNSAFE_IDENTITY_CHARS.isdisjoint(name):
+        return None
+    bad = sorted(set(name) & UNSAFE_IDENTITY_CHARS)
+    shown = ", ".join(repr(c) for c in bad)
+    return f"identity {name!r} contains {shown}, which can never be a safe topic level"
+
+
 class RuleSpec(NamedTuple):  # a tuple: cheapest to build, 100,000s of times per large file
     """One rule as written: its topic filter, its access word and where it stands."""
 

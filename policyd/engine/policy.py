@@ -152,20 +152,22 @@ class UserRuleSets(Mapping[str, RuleSet]):
 
     def get(self, name, default=None):  # the hot path: one dict lookup once compiled
         rules = self._compiled.get(name)
-        if rules is not None:
-            return rules
-        if name in self._specs or name in self._groups:
-            return self[name]
-        return default
+        if rules is None:
+            rules = self._compile(name)
+        return default if rules is None else rules
 
     def __getitem__(self, name: str) -> RuleSet:
-        rules = self._compiled.get(name)
+        rules = self.get(name)
         if rules is None:
-            own, grouped = self._specs.get(name), self._groups.get(name)
-            if own is None and grouped is None:
-                raise KeyError(name)
-            rules = RuleSet.of_compiled([compile_rule(r) for r in own or ()] + (grouped or []))
-            self._compiled[name] = rules
+            raise KeyError(name)
+        return rules
+
+    def _compile(self, name: str) -> RuleSet | None:
+        own, grouped = self._specs.get(name), self._groups.get(name)
+        if own is None and grouped is None:
+            return None  # not in the rules: never stored
+        rules = RuleSet.of_compiled([compile_rule(r) for r in own or ()] + (grouped or []))
+        self._compiled[name] = rules
         return rules
 
     def __contains__(self, name: object) -> bool:

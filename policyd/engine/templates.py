@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 
+from . import topics
+
 TEMPLATES = ("%u", "%c")
 
 
@@ -62,6 +64,25 @@ def compile_levels(levels: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[tupl
         else:
             out[i] = literal_level(level)
     return tuple(out), tuple(slots)
+
+
+# A rule topic without these characters is a valid filter with no template, whatever
+# else it holds (up to the length limit): readers skip rule_filter_problem for it.
+NEEDS_FILTER_CHECK = frozenset("+#%\x00")
+
+
+def rule_filter_problem(topic: str) -> str | None:
+    """Why `topic` cannot be a rule's filter (MQTT filter syntax, whole-level
+    templates), or None. The loader reports it; the fast users reader only asks."""
+    try:
+        topics.validate_filter(topic)
+    except topics.TopicError as exc:
+        return f"invalid topic filter {topic!r}: {exc}"
+    try:
+        compile_topic(topic)
+    except TemplateError as exc:
+        return str(exc)
+    return None
 
 
 def escape(text: str) -> str:

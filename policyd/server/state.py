@@ -10,8 +10,8 @@ generation cannot be told whom the new rules take access from. With it:
                        recent swaps (generation, previous, identities kicked).
 
 After every successful load the rules are written under their own name, then
-state.json is replaced (temporary file, fsync, rename), then older rules files
-are removed: whenever the daemon stops, state.json names complete bytes. A
+state.json is replaced (policyd/fileio.py: temporary file, fsync, rename), then
+older rules files are removed: whenever the daemon stops, state.json names complete bytes. A
 0700 directory with 0600 files: a rules file may carry password hashes. A state that cannot be read is reported and ignored — the
 daemon then starts as if it had none, never from something half-written.
 """
@@ -23,8 +23,10 @@ import json
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable
 
+from ..fileio import write_atomically
 from .store import PolicySwap
 
 log = logging.getLogger("policyd.state")
@@ -93,8 +95,8 @@ class StateDir:
                       for s in swaps],
         }
         rules = _rules_name(sha256)
-        _replace(os.path.join(self.path, rules), data)
-        _replace(os.path.join(self.path, STATE_NAME), json.dumps(state).encode())
+        write_atomically(Path(self.path, rules), data)
+        write_atomically(Path(self.path, STATE_NAME), json.dumps(state).encode())
         for name in os.listdir(self.path):
             if name.startswith("rules-") and name != rules:
                 os.unlink(os.path.join(self.path, name))
@@ -104,20 +106,3 @@ def _rules_name(sha256: str) -> str:
     if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
         raise ValueError("not a sha256")  # a hand-edited state.json cannot name another path
     return f"rules-{sha256}.yaml"
-
-
-def _replace(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise

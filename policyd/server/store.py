@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import logging
 import sys
 import threading
@@ -137,7 +138,19 @@ class PolicyStore:
                     self._history.extend(saved.swaps)
                 log.info("resuming from the saved state: generation %d (sha256 %s), %d swaps remembered",
                          saved.generation, previous.source_sha256[:12], len(saved.swaps))
+                if self._file_sha256() == previous.source_sha256:
+                    # The saved policy is the file: keep its generation, so brokers' caches stay valid.
+                    self.reloads_ok += 1
+                    log.info("policy generation %d resumed from %s: unchanged since the restart",
+                             saved.generation, self.rules_file)
+                    return ReloadOutcome(True, saved.generation, (), "start")
         return self.reload("start")
+
+    def _file_sha256(self) -> str | None:
+        try:
+            return hashlib.sha256(read_rules_bytes(self.rules_file)).hexdigest()
+        except PolicyLoadError:
+            return None  # reload() reports it
 
     @property
     def has_policy(self) -> bool:
@@ -165,12 +178,6 @@ class PolicyStore:
                 log.error("reload (%s) rejected, keeping generation %d: %s", trigger, generation, exc)
                 return ReloadOutcome(False, generation, tuple(exc.problems), trigger)
             old = self._policy
-            if trigger == "start" and old is not None and old.source_sha256 == candidate.source_sha256:
-                # The saved policy is the file: keep its generation, so brokers' caches stay valid.
-                self._loaded_at, self.reloads_ok = time.time(), self.reloads_ok + 1
-                log.info("policy generation %d resumed from %s: unchanged since the restart",
-                         old.generation, self.rules_file)
-                return ReloadOutcome(True, old.generation, (), trigger)
             policy = candidate.with_generation(self._next_generation())
             self._policy = policy  # the atomic swap
             self._loaded_at = time.time()

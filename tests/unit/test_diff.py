@@ -181,5 +181,5 @@ def test_text_shortcut_is_taken_for_large_regular_files():
     new = policy("users:\n" + "".join(blocks[:10] + blocks[11:]).replace("D20:\n    - topic: /device",
                                                                             "D20:\n    - topic: /other"))
     assert old.reader == new.reader == "fast"
-    assert sorted(diff._maybe_changed(old, new)) == ["D10", "D20"]  # noqa: SLF001 - only these are compared
+    assert sorted(diff._maybe_changed(old, new, diff._by_text(old, new))) == ["D10", "D20"]  # noqa: SLF001 - only these are compared
     assert usernames_to_kick(old, new) == {"D10", "D20"}
