@@ -11,6 +11,7 @@ PACKAGES=(
   valgrind                                                     # `make valgrind` (memcheck of broker + plugin)
   clang-14 libclang-rt-14-dev                                  # libFuzzer targets in fuzz/ (make fuzz-short)
   systemd                                                      # systemd-analyze verify for the example units' test
+  etcd-server etcd-client                                      # the fleet source's e2e tests (a 3-member cluster)
 )
 
 missing=()

@@ -14,7 +14,7 @@ import sys
 from typing import Optional, Sequence
 
 from .. import __version__, certs
-from . import admin_cmds, passwd_cmd, policy_cmds, serve_cmd
+from . import admin_cmds, fleet_cmds, passwd_cmd, policy_cmds, serve_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_subparser(sub)
     policy_cmds.add_subparsers(sub)
     admin_cmds.add_subparsers(sub)
+    fleet_cmds.add_subparsers(sub)
     certs.add_subparser(sub)
     passwd_cmd.add_subparser(sub)
     return parser

@@ -10,7 +10,14 @@ from .common import DEFAULT_LISTEN, octal_mode
 
 def add_subparser(sub) -> None:
     p = sub.add_parser("serve", help="run the daemon the Mosquitto plugin asks")
-    p.add_argument("--rules", required=True, help="rules YAML file")
+    p.add_argument("--rules", help="rules YAML file (this or --source)")
+    p.add_argument("--source", metavar="etcd://HOST:PORT[,HOST:PORT]/PREFIX",
+                   help="follow the fleet's policy in etcd instead of a file (docs/operations.md)")
+    for flag, what in (("--etcd-ca", "TLS to etcd: the CA of its members' certificates"),
+                       ("--etcd-cert", "TLS client certificate for etcd"), ("--etcd-key", "its key"),
+                       ("--etcd-user", "etcd user"),
+                       ("--etcd-password-file", "file holding that user's password")):
+        p.add_argument(flag, metavar="PEM" if flag.endswith(("ca", "cert", "key")) else None, help=what)
     p.add_argument("--listen", default=DEFAULT_LISTEN,
                    help=f"gRPC address for the broker: unix:/path.sock or 127.0.0.1:PORT (default {DEFAULT_LISTEN})")
     p.add_argument("--admin-listen", help="address of the admin service (Reload, Status); default: "
@@ -57,6 +64,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..server.serve import ServeOptions, serve
 
     configure_logging(args.log_level, args.log_format)
+    if bool(args.rules) == bool(args.source):
+        print("policyd serve: give --rules FILE or --source etcd://..., one of them", file=sys.stderr)
+        return 2
+    fleet = None
+    if args.source:
+        from ..fleet.etcd import EtcdSource
+        from ..server.serve import FleetOptions
+        from .fleet_cmds import etcd_credentials
+
+        try:
+            EtcdSource.parse(args.source)
+            fleet = FleetOptions(args.source, etcd_credentials(args))
+        except (ValueError, OSError) as exc:
+            print(f"policyd serve: {exc}", file=sys.stderr)
+            return 2
     if args.decision_log_sample < 1:
         print("policyd serve: --decision-log-sample must be at least 1", file=sys.stderr)
         return 2
@@ -69,7 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         decision_log = DecisionLogOptions(args.decision_log, only_denials=args.decision_log_filter == "deny",
                                           sample_allows=args.decision_log_sample)
     return serve(ServeOptions(
-        rules=args.rules, listen=args.listen, admin_listen=args.admin_listen,
+        rules=args.rules or "", fleet=fleet, listen=args.listen, admin_listen=args.admin_listen,
         socket_mode=args.socket_mode, socket_group=args.socket_group,
         cache_ttl_ms=args.cache_ttl_ms, workers=args.workers,
         metrics_listen=args.metrics_listen, dry_run=args.dry_run, decision_log=decision_log,

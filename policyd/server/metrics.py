@@ -40,13 +40,15 @@ class Metrics:
     """The daemon's metric registry (its own, so tests can run several daemons)."""
 
     def __init__(self, store, counters, *, shims: Callable[[], Any] = lambda: None,
-                 decision_log=None, dry_run: bool = False):
+                 decision_log=None, dry_run: bool = False, fleet=None):
         self.registry = CollectorRegistry(auto_describe=False)
         self.latency = Histogram(
             "policyd_decision_duration_seconds", "Time CheckAcl spends deciding one request",
             buckets=LATENCY_BUCKETS, registry=self.registry)
         self.registry.register(DaemonCollector(store, counters, decision_log, dry_run))
         self.registry.register(ShimCollector(shims))
+        if fleet is not None:
+            self.registry.register(FleetCollector(fleet))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -124,6 +126,26 @@ class DaemonCollector:
         yield GaugeMetricFamily("policyd_state_ignored", "1 when the --state-dir state found at start "
                                 "could not be used (damaged, or saved for another rules file)",
                                 value=int(bool(state is not None and state.ignored)))
+
+
+class FleetCollector:
+    """The etcd source (policyd.fleet), when the policy follows etcd."""
+
+    def __init__(self, fleet):
+        self.fleet = fleet
+
+    def collect(self) -> Iterable:
+        st = self.fleet.status
+        yield GaugeMetricFamily("policyd_etcd_connected", "1 while etcd is reachable; 0: serving the last "
+                                "complete revision", value=int(st.connected))
+        yield GaugeMetricFamily("policyd_etcd_revision", "etcd revision of the policy in force",
+                                value=st.revision)
+        yield GaugeMetricFamily("policyd_etcd_device_entries", "Device entries on top of the pushed file",
+                                value=st.devices)
+        yield CounterMetricFamily("policyd_etcd_disconnects", "Times etcd became unreachable",
+                                  value=st.disconnects)
+        yield CounterMetricFamily("policyd_etcd_rejected", "Revisions or device entries that did not "
+                                  "validate (logged; the device is denied)", value=st.rejected)
 
 
 class ShimCollector:

@@ -13,6 +13,7 @@ from typing import Optional
 import grpc
 
 from ..engine import PolicyLoadError
+from ..fleet import FleetUnavailable
 from ..v1 import policy_pb2_grpc as pb_grpc
 from . import listen, sd_notify
 from .link_tls import LinkTls
@@ -42,6 +43,13 @@ class ServeOptions:
     watch_rules: bool = True  # reload when the rules file changes on disk
     tls: Optional[LinkTls] = None  # mutual TLS on TCP listeners (link_tls.py)
     state_dir: Optional[str] = None  # what survives a restart (state.py); None: nothing does
+    fleet: Optional["FleetOptions"] = None  # the policy follows etcd instead of `rules` (policyd.fleet)
+
+
+@dataclass
+class FleetOptions:
+    source: str                      # etcd://HOST:PORT[,HOST:PORT]/PREFIX
+    credentials: object = None       # policyd.fleet.etcd.EtcdCredentials
 
 
 class Daemon:
@@ -54,7 +62,12 @@ class Daemon:
 
     def __init__(self, opts: ServeOptions):
         self.opts = opts
-        self.store = PolicyStore(opts.rules, StateDir(opts.state_dir, opts.rules) if opts.state_dir else None)
+        self.fleet = None  # policyd.fleet.source.FleetSource, when the policy follows etcd
+        if opts.fleet is not None:
+            self.store = PolicyStore(opts.fleet.source)
+            self.store.follows = opts.fleet.source
+        else:
+            self.store = PolicyStore(opts.rules, StateDir(opts.state_dir, opts.rules) if opts.state_dir else None)
         self.policy_service = PolicyService(self.store, opts.cache_ttl_ms)
         self._servers: list[grpc.Server] = []
         self._unix_paths: list[str] = []
@@ -66,14 +79,10 @@ class Daemon:
         self.watcher: Optional[RulesFileWatcher] = None
 
     def start(self) -> None:
-        if self.opts.watch_rules:  # looks at the file before the first load: no edit is missed
-            self.watcher = RulesFileWatcher(self.store)
-        outcome = self.store.start()
-        if not self.store.has_policy:
-            raise PolicyLoadError(list(outcome.problems))
-        if not outcome.ok:
-            log.warning("serving the policy in force before the restart (generation %d) until %s "
-                        "loads", outcome.generation, self.opts.rules)
+        if self.opts.fleet is not None:
+            self._start_fleet()
+        else:
+            self._start_file()
         endpoint = listen.parse(self.opts.listen)
         admin = (listen.parse(self.opts.admin_listen) if self.opts.admin_listen
                  else listen.admin_default(endpoint))
@@ -98,6 +107,25 @@ class Daemon:
         log.info("policyd listening on %s (admin: %s)", endpoint.target,
                  admin.target if admin else "none; reload with SIGHUP")
 
+    def _start_file(self) -> None:
+        if self.opts.watch_rules:  # looks at the file before the first load: no edit is missed
+            self.watcher = RulesFileWatcher(self.store)
+        outcome = self.store.start()
+        if not self.store.has_policy:
+            raise PolicyLoadError(list(outcome.problems))
+        if not outcome.ok:
+            log.warning("serving the policy in force before the restart (generation %d) until %s "
+                        "loads", outcome.generation, self.opts.rules)
+
+    def _start_fleet(self) -> None:
+        from ..fleet.etcd import Etcd, EtcdCredentials, EtcdSource
+        from ..fleet.source import FleetSource
+
+        etcd = Etcd(EtcdSource.parse(self.opts.fleet.source), self.opts.fleet.credentials or EtcdCredentials())
+        self.fleet = FleetSource(self.store, etcd, self.opts.state_dir)
+        self.store.source_detail = self.fleet.describe
+        self.fleet.start()  # raises FleetUnavailable when neither etcd nor a saved state has a policy
+
     def _start_operations(self) -> None:
         """The decision log and the metrics endpoint (issue 7), when asked for."""
         if self.opts.decision_log is not None:
@@ -107,7 +135,8 @@ class Daemon:
         from .metrics import Metrics, MetricsServer  # prometheus_client only when metrics are on
 
         metrics = Metrics(self.store, self.policy_service.counters, shims=self._shims,
-                          decision_log=self.policy_service.decision_log, dry_run=self.opts.dry_run)
+                          decision_log=self.policy_service.decision_log, dry_run=self.opts.dry_run,
+                          fleet=self.fleet)
         self.policy_service.latency = metrics.latency
         try:
             self.metrics_server = MetricsServer(self.opts.metrics_listen, metrics, self.ready).start()
@@ -163,7 +192,12 @@ class Daemon:
         while not self._stop.is_set():
             self._reload_requested.wait()
             self._reload_requested.clear()
-            if not self._stop.is_set():
+            if self._stop.is_set():
+                break
+            if self.fleet is not None:
+                log.warning("SIGHUP ignored: the policy follows %s (policyd push / policyd device)",
+                            self.opts.fleet.source)
+            else:
                 self.store.reload("SIGHUP")
         self.stop()
 
@@ -172,6 +206,8 @@ class Daemon:
         self._serving = False
         if self.watcher is not None:
             self.watcher.stop()
+        if self.fleet is not None:
+            self.fleet.stop()
         for server in self._servers:
             server.stop(grace=1.0).wait()
         if self.metrics_server is not None:
@@ -192,9 +228,13 @@ def serve(opts: ServeOptions) -> int:
     signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
     signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop())
     signal.signal(signal.SIGINT, lambda *_: daemon.request_stop())
-    log.info("policyd starting: loading %s", opts.rules)
+    log.info("policyd starting: loading %s", opts.fleet.source if opts.fleet else opts.rules)
     try:
         daemon.start()
+    except FleetUnavailable as exc:
+        log.error("not starting: %s", exc)
+        daemon.stop()
+        return 2
     except PolicyLoadError as exc:
         for problem in exc.problems:
             log.error("%s", problem)

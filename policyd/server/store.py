@@ -18,10 +18,11 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
-from ..engine import CompiledPolicy, PolicyLoadError, Problem, compile_policy, parse_text, read_rules_bytes
-from ..engine.diff import usernames_to_kick
+from ..engine import (CompiledPolicy, PolicyLoadError, Problem, SourceRef, compile_policy, parse_text,
+                      read_rules_bytes)
+from ..engine.diff import usernames_to_kick, usernames_to_kick_among
 
 from .retire import PolicyRetirement
 
@@ -104,6 +105,9 @@ class PolicyStore:
         self._history: collections.deque[PolicySwap] = collections.deque(maxlen=SWAP_HISTORY)
         # Extra kick sources, e.g. identities whose certificate the new policy revokes (policyd.identity).
         self.kick_sources: list[Callable[[CompiledPolicy, CompiledPolicy], frozenset[str]]] = []
+        # Set when the policy comes from elsewhere (policyd.fleet: etcd) and only arrives by install().
+        self.follows: str | None = None
+        self.source_detail: Callable[[], str] = lambda: ""
 
     @property
     def current(self) -> CompiledPolicy:
@@ -161,6 +165,10 @@ class PolicyStore:
         recorded nor logged nor counted (the file watcher's first look at a
         file that may still be being written; it asks again, loudly, once the
         file has stayed unchanged)."""
+        if self.follows is not None:
+            generation = self._policy.generation if self._policy else 0
+            return ReloadOutcome(False, generation, (Problem(SourceRef(self.follows, 0, 0, ""), (
+                "the policy follows etcd: change it with `policyd push` or `policyd device`")),), trigger)
         with self._lock, _checks_keep_running():
             started = time.perf_counter()
             try:
@@ -201,6 +209,38 @@ class PolicyStore:
             if old is not None:
                 self._retirement.retire(old)
                 del old  # the retirement thread's reference is now the last one
+            return ReloadOutcome(True, policy.generation, (), trigger, kicks)
+
+    def install(self, policy: CompiledPolicy, trigger: str, changed: "Iterable[str] | None" = None) -> ReloadOutcome:
+        """Swap in a policy built elsewhere (policyd.fleet: etcd), keeping its generation.
+
+        The same swap, kicks and broker events as reload(); `changed`: the only identities
+        that can differ from the policy in force (one device changed), None: any."""
+        with self._lock:
+            started = time.perf_counter()
+            old = self._policy
+            self._policy = policy
+            self._loaded_at = time.time()
+            self._last_problems = ()
+            self.reloads_ok += 1
+            self.last_reload_ok = True
+            if old is None:
+                kicks: frozenset[str] = frozenset()
+            elif changed is None:
+                kicks = self._kicks(old, policy)
+            else:
+                kicks = usernames_to_kick_among(old, policy, changed)
+            self.kicks_total += len(kicks)
+            self.last_reload_seconds = time.perf_counter() - started
+            log.info("policy generation %d in force (%s): %d identities, %d rules, %d to kick%s",
+                     policy.generation, trigger, policy.identity_count, policy.rule_count, len(kicks),
+                     _some(kicks))
+            if old is not None:
+                swap = PolicySwap(policy.generation, kicks, old.generation)
+                self._history.append(swap)
+                self._notify(swap)
+                self._retirement.retire(old)
+                del old
             return ReloadOutcome(True, policy.generation, (), trigger, kicks)
 
     def _save_state(self, data: bytes, generation: int) -> None:
@@ -278,7 +318,7 @@ class PolicyStore:
         policy = self._policy
         return StoreStatus(
             generation=policy.generation if policy else 0,
-            rules_file=self.rules_file,
+            rules_file=f"{self.rules_file} ({self.source_detail()})" if self.follows else self.rules_file,
             source_sha256=policy.source_sha256 if policy else "",
             loaded_at=self._loaded_at,
             last_problems=self._last_problems,
