@@ -190,6 +190,7 @@ class Broker:
     def render_config(self) -> str:
         lines = [
             "per_listener_settings false",
+            "check_retain_source true",  # as every configuration we ship (examples/)
             f"listener {self.port} 127.0.0.1",
             f"cafile {self.pki.ca}",
             f"certfile {self.pki.server_cert}",

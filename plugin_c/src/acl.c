@@ -9,11 +9,15 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
+#include <openssl/x509.h>
+
 #include <mosquitto.h>
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
 
 #include "acl.h"
+#include "conn.h"
 #include "plugin_state.h"
 #include "topic_match.h"
 
@@ -32,6 +36,7 @@
  * when a line is actually logged. */
 struct acl_subject {
 	struct policy_check_request request;
+	struct mosquitto *client;
 	int mosq_access;
 	char username[LOG_IDENT_MAX];
 	char client_id[LOG_IDENT_MAX];
@@ -99,6 +104,7 @@ static const char *subject_from_event(struct acl_subject *s, const struct mosqui
 	const char *username, *client_id;
 
 	memset(s, 0, sizeof(*s));
+	s->client = ed->client;
 	s->mosq_access = ed->access;
 	r->topic = ed->topic;
 	r->topic_len = ed->topic ? strlen(ed->topic) : 0;
@@ -353,12 +359,68 @@ static void record_call(struct policyd_plugin *plugin, const struct policy_check
 
 /* ------------------------------------------------------------ callback */
 
+/* What travels with an uncached check besides the question: how the client was
+ * verified and, when it has one, its certificate, so the daemon needs no memory
+ * of the session. Returns the DER to OPENSSL_free, or NULL. */
+static unsigned char *attach_provenance(struct policyd_plugin *plugin, struct acl_subject *s)
+{
+	struct policy_check_request *r = &s->request;
+	struct conn *c = conn_find(plugin->conns, s->client);
+	unsigned char *der = NULL;
+	X509 *cert;
+	int n;
+
+	if(c != NULL && c->password_verified){
+		r->provenance = POLICY_PROVENANCE_PASSWORD;
+		return NULL;
+	}
+	/* Mosquitto checks a retained message's publisher with a stand-in client
+	 * that has no connection (and no address): nothing is known about it. */
+	if(mosquitto_client_address(s->client) == NULL){
+		r->provenance = POLICY_PROVENANCE_UNKNOWN;
+		return NULL;
+	}
+	r->provenance = POLICY_PROVENANCE_BROKER;
+	cert = mosquitto_client_certificate(s->client); /* a new reference, or NULL */
+	if(cert != NULL){
+		n = i2d_X509(cert, &der);
+		if(n > 0){
+			r->provenance = POLICY_PROVENANCE_CERTIFICATE;
+			r->certificate_der = der;
+			r->certificate_der_len = (size_t)n;
+			r->identity_by_daemon = plugin->config.identity == IDENTITY_CERT;
+		}else{
+			der = NULL; /* sent without it: the daemon then denies a certificate-only identity */
+		}
+	}
+	conn_track(plugin->conns, s->client, cert);
+	X509_free(cert);
+	return der;
+}
+
+
+/* The daemon said this connection must end (revoked, mismatched, unbound id). */
+static void doom_connection(struct policyd_plugin *plugin, struct acl_subject *s)
+{
+	if(conn_doom(plugin->conns, conn_track(plugin->conns, s->client, NULL)) > 0
+			&& log_limiter_admit(&plugin->limiters.denied)){
+		subject_render(s);
+		plog_admitted(&plugin->limiters.denied, MOSQ_LOG_NOTICE, "disconnecting client '%s' (user '%s'): "
+				"policyd says this connection must end", s->client_id, s->username);
+	}
+}
+
+
 static int ask_daemon(struct policyd_plugin *plugin, struct acl_subject *s, int64_t now_ms)
 {
 	struct policy_check_result res;
+	unsigned char *der;
 	int rc;
 
+	der = attach_provenance(plugin, s);
 	policy_client_check(plugin->client, &s->request, &res);
+	s->request.certificate_der = NULL;
+	OPENSSL_free(der);
 	record_call(plugin, &res);
 	switch(res.outcome){
 		case POLICY_ALLOW:
@@ -366,7 +428,11 @@ static int ask_daemon(struct policyd_plugin *plugin, struct acl_subject *s, int6
 			remember_answer(plugin, s, &res, now_ms);
 			return answer_rc(plugin, true);
 		case POLICY_DENY:
-			remember_answer(plugin, s, &res, now_ms);
+			if(res.disconnect){
+				doom_connection(plugin, s);
+			}else{
+				remember_answer(plugin, s, &res, now_ms);
+			}
 			return on_denied(plugin, s, &res);
 		case POLICY_ERROR:
 			break;
@@ -425,6 +491,7 @@ int acl_disconnect_callback(int event, void *event_data, void *userdata)
 	if(plugin == NULL || ed == NULL || ed->client == NULL || event != MOSQ_EVT_DISCONNECT){
 		return MOSQ_ERR_SUCCESS;
 	}
+	conn_drop(plugin->conns, ed->client);
 	id.client_id = mosquitto_client_id(ed->client);
 	if(id.client_id == NULL){
 		return MOSQ_ERR_SUCCESS; /* nothing was cached for it: checks need a client id */

@@ -1,10 +1,18 @@
 /*
- * MOSQ_EVT_BASIC_AUTH in identity mode: certificate (DER) + client id +
- * username presence + password presence + peer address go to
- * Policy.Authenticate; allow sets the username to the daemon's identity,
- * anything else refuses the CONNECT. Never cached: every CONNECT is asked,
- * so a revoked certificate is refused at its next attempt. The password is
- * never read beyond "was there one".
+ * MOSQ_EVT_BASIC_AUTH: who a connecting client is.
+ *
+ * Identity mode: certificate (DER) + client id + username presence +
+ * password presence + peer address go to Policy.Authenticate; allow sets the
+ * username to the daemon's identity, anything else refuses the CONNECT.
+ *
+ * Broker mode (the default): the broker calls this only on listeners without
+ * use_identity_as_username, where a username is merely what the client sent.
+ * No username: the broker's allow_anonymous decides. A username: a claim,
+ * accepted only with a password policyd verifies (`passwords:`); otherwise
+ * refused, so no listener lets a client act as a name nobody verified.
+ *
+ * Never cached: every CONNECT is asked, so a revoked certificate is refused at
+ * its next attempt. A password goes only to policyd, never to a log.
  */
 #include <inttypes.h>
 #include <stdbool.h>
@@ -18,6 +26,7 @@
 #include <mosquitto_plugin.h>
 
 #include "auth.h"
+#include "conn.h"
 #include "plugin_state.h"
 
 #define AUTH_DENIED_LOG_BURST 20
@@ -118,6 +127,40 @@ static void auth_request_fill(struct policy_auth_request *req, struct mosquitto 
 }
 
 
+/* Broker mode: a username is a claim, verified here by password or refused. */
+static int auth_claimed_username(struct policyd_plugin *plugin, const struct mosquitto_evt_basic_auth *ed,
+		struct policy_auth_request *req)
+{
+	struct policy_auth_result res;
+	struct conn *c;
+
+	if(ed->username == NULL){
+		return MOSQ_ERR_PLUGIN_DEFER; /* anonymous: the broker's allow_anonymous decides */
+	}
+	if(!auth_may_send_password(plugin, ed)){
+		return auth_refuse_local(plugin, req->client_id, "a username sent in CONNECT is only a claim: it needs "
+				"a password that policyd verifies (over a unix: address or the TLS link), or a listener with "
+				"use_identity_as_username true");
+	}
+	req->password = ed->password;
+	req->password_len = strlen(ed->password);
+	policy_client_authenticate(plugin->client, req, &res);
+	if(res.outcome != POLICY_ALLOW){
+		return auth_refuse(plugin, req->client_id, &res);
+	}
+	if(strcmp(res.username, ed->username) != 0){
+		return auth_refuse_local(plugin, req->client_id, "policyd verified a different username");
+	}
+	c = conn_track(plugin->conns, ed->client, NULL);
+	if(c == NULL){
+		return auth_refuse_local(plugin, req->client_id, "out of memory for the connection table");
+	}
+	c->password_verified = true;
+	plugin->auth.allowed++;
+	return MOSQ_ERR_SUCCESS;
+}
+
+
 int auth_basic_callback(int event, void *event_data, void *userdata)
 {
 	struct policyd_plugin *plugin = userdata;
@@ -126,6 +169,7 @@ int auth_basic_callback(int event, void *event_data, void *userdata)
 	struct policy_auth_result res;
 	unsigned char *der;
 	size_t der_len;
+	struct conn *c;
 	int rc;
 
 	(void)event;
@@ -133,6 +177,11 @@ int auth_basic_callback(int event, void *event_data, void *userdata)
 		return MOSQ_ERR_AUTH;
 	}
 	auth_request_fill(&req, ed->client, ed);
+	/* A new CONNECT on this client: nothing verified before carries over. */
+	conn_drop(plugin->conns, ed->client);
+	if(plugin->config.identity != IDENTITY_CERT){
+		return auth_claimed_username(plugin, ed, &req);
+	}
 	der = client_certificate_der(ed->client, &der_len);
 	if(der == NULL && !auth_may_send_password(plugin, ed)){
 		return auth_refuse_local(plugin, req.client_id, "no client certificate, and no password that may "
@@ -154,6 +203,13 @@ int auth_basic_callback(int event, void *event_data, void *userdata)
 	rc = mosquitto_set_username(ed->client, res.username);
 	if(rc != MOSQ_ERR_SUCCESS){
 		return auth_refuse_local(plugin, req.client_id, "cannot set the username to policyd's identity");
+	}
+	if(der == NULL){
+		c = conn_track(plugin->conns, ed->client, NULL);
+		if(c == NULL){
+			return auth_refuse_local(plugin, req.client_id, "out of memory for the connection table");
+		}
+		c->password_verified = true;
 	}
 	plugin->auth.allowed++;
 	return MOSQ_ERR_SUCCESS;

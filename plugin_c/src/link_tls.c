@@ -158,6 +158,10 @@ grpc_channel *link_channel_create(const char *target, const struct link_tls *tls
 		int_arg(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, max_receive_bytes),
 		int_arg(GRPC_ARG_ENABLE_CHANNELZ, 0),
 		string_arg(GRPC_ARG_PRIMARY_USER_AGENT_STRING, USER_AGENT),
+		/* A target naming several daemons (ipv4:127.0.0.1:7001,127.0.0.1:7002,
+		 * or a DNS name with several addresses) spreads checks over all of
+		 * them: any daemon answers any check the same way. */
+		string_arg(GRPC_ARG_LB_POLICY_NAME, "round_robin"),
 	};
 	grpc_channel_args channel_args = {
 		.num_args = sizeof(args) / sizeof(args[0]),

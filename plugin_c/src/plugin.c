@@ -59,7 +59,7 @@ static int plugin_on_tick(int event, void *event_data, void *userdata)
 	(void)event;
 	(void)event_data;
 	if(plugin != NULL){
-		watch_on_tick(plugin->watch);
+		watch_on_tick(plugin->watch, plugin->conns);
 		stats_on_tick(plugin, monotonic_ms());
 	}
 	return MOSQ_ERR_SUCCESS;
@@ -72,21 +72,17 @@ struct plugin_callback {
 	const char *what;
 };
 
+/* Every callback in every mode: BASIC_AUTH too, since a username a client
+ * merely claims (any listener without use_identity_as_username) must be
+ * verified before the rules treat it as that identity (auth.c). */
 static const struct plugin_callback plugin_callbacks[] = {
 	{MOSQ_EVT_ACL_CHECK, acl_check_callback, "ACL check"},
 	{MOSQ_EVT_DISCONNECT, acl_disconnect_callback, "disconnect"},
 	{MOSQ_EVT_TICK, plugin_on_tick, "tick"},
-	{MOSQ_EVT_BASIC_AUTH, auth_basic_callback, "CONNECT (identity mode)"},
+	{MOSQ_EVT_BASIC_AUTH, auth_basic_callback, "CONNECT"},
 };
 
 #define PLUGIN_CALLBACK_COUNT (sizeof(plugin_callbacks) / sizeof(plugin_callbacks[0]))
-
-
-/* BASIC_AUTH only in identity mode: otherwise CONNECT stays the broker's business. */
-static bool plugin_wants(const struct policyd_plugin *plugin, const struct plugin_callback *cb)
-{
-	return cb->event != MOSQ_EVT_BASIC_AUTH || plugin->config.identity == IDENTITY_CERT;
-}
 
 
 static void plugin_unregister(struct policyd_plugin *plugin)
@@ -95,9 +91,6 @@ static void plugin_unregister(struct policyd_plugin *plugin)
 	int rc;
 
 	for(i = 0; i < PLUGIN_CALLBACK_COUNT && i < plugin->callbacks_registered; i++){
-		if(!plugin_wants(plugin, &plugin_callbacks[i])){
-			continue;
-		}
 		rc = mosquitto_callback_unregister(plugin->identifier, plugin_callbacks[i].event,
 				plugin_callbacks[i].callback, NULL);
 		if(rc != MOSQ_ERR_SUCCESS){
@@ -120,6 +113,8 @@ static void plugin_free(struct policyd_plugin *plugin)
 	policy_client_destroy(plugin->client);
 	cache_destroy(plugin->cache);
 	plugin->cache = NULL;
+	conn_table_destroy(plugin->conns);
+	plugin->conns = NULL;
 	plugin->client = NULL;
 	config_free(&plugin->config);
 	link_tls_free(&plugin->tls);
@@ -147,6 +142,11 @@ static int plugin_start_client(struct policyd_plugin *plugin)
 	if(plugin->client == NULL){
 		plog(MOSQ_LOG_ERR, "cannot create the gRPC client: %s", errmsg);
 		return MOSQ_ERR_UNKNOWN;
+	}
+	plugin->conns = conn_table_create();
+	if(plugin->conns == NULL){
+		plog(MOSQ_LOG_ERR, "out of memory for the connection table");
+		return MOSQ_ERR_NOMEM;
 	}
 	plugin->cache = cache_create((size_t)plugin->config.cache_size);
 	if(plugin->cache == NULL){
@@ -186,10 +186,6 @@ static int plugin_register(struct policyd_plugin *plugin)
 
 	while(plugin->callbacks_registered < PLUGIN_CALLBACK_COUNT){
 		cb = &plugin_callbacks[plugin->callbacks_registered];
-		if(!plugin_wants(plugin, cb)){
-			plugin->callbacks_registered++;
-			continue;
-		}
 		rc = mosquitto_callback_register(plugin->identifier, cb->event, cb->callback, NULL, plugin);
 		if(rc != MOSQ_ERR_SUCCESS){
 			plog(MOSQ_LOG_ERR, "cannot register the %s callback: %s", cb->what, mosquitto_strerror(rc));

@@ -15,6 +15,7 @@
 #include "breaker.h"
 #include "cache.h"
 #include "config.h"
+#include "conn.h"
 #include "link_tls.h"
 #include "logging.h"
 #include "policy_client.h"
@@ -52,6 +53,7 @@ struct policyd_plugin {
 	 * own thread); cached decisions of an older generation are not served. */
 	_Atomic uint64_t generation;
 	struct policyd_watch *watch;          /* Policy.Watch thread; kicks on TICK */
+	struct conn_table *conns;             /* connections seen: verification, certificate facts */
 	struct policyd_counters counters;
 	struct policyd_limiters limiters;
 	/* Decision cache, breaker and stats timing: main thread only. */

@@ -471,6 +471,13 @@ static grpc_byte_buffer *encode_request(const struct policy_check_request *req)
 	msg.topic.data = (uint8_t *)req->topic;
 	msg.topic.len = req->topic ? req->topic_len : 0;
 	msg.access = (Policyd__V1__Access)req->access;
+	msg.provenance = (Policyd__V1__Provenance)req->provenance;
+	if(req->certificate_der != NULL){
+		msg.certificate_der.data = (uint8_t *)req->certificate_der;
+		msg.certificate_der.len = req->certificate_der_len;
+	}
+	msg.identity_mode = req->identity_by_daemon ? POLICYD__V1__IDENTITY_MODE__IDENTITY_MODE_DAEMON
+			: POLICYD__V1__IDENTITY_MODE__IDENTITY_MODE_BROKER;
 
 	return pack_message(&msg.base);
 }
@@ -543,6 +550,7 @@ static void apply_response(const Policyd__V1__CheckAclResponse *resp, struct pol
 	result->grpc_status = GRPC_STATUS_OK;
 	result->generation = resp->generation;
 	result->cache_ttl_ms = resp->cache_ttl_ms;
+	result->disconnect = resp->disconnect;
 	if(resp->rule){
 		copy_bytes(result->rule, sizeof(result->rule), resp->rule, strlen(resp->rule));
 	}

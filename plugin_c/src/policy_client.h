@@ -41,6 +41,14 @@ struct policy_client_options {
 	const struct link_tls *tls;  /* NULL or not loaded: plaintext (link_tls.h) */
 };
 
+/* How the checked client's username was verified (policyd.v1.Provenance). */
+enum policy_provenance {
+	POLICY_PROVENANCE_BROKER = 3,        /* no certificate: anonymous, or the broker's own verification */
+	POLICY_PROVENANCE_CERTIFICATE = 1,   /* certificate_der travels with the check */
+	POLICY_PROVENANCE_PASSWORD = 2,      /* policyd verified the password at CONNECT */
+	POLICY_PROVENANCE_UNKNOWN = 4,       /* not a live connection (a retained message's publisher) */
+};
+
 struct policy_check_request {
 	const char *username;    /* NULL: anonymous client (has_username = false) */
 	size_t username_len;
@@ -49,6 +57,10 @@ struct policy_check_request {
 	const char *topic;
 	size_t topic_len;
 	enum policy_access access;
+	enum policy_provenance provenance;
+	const unsigned char *certificate_der;  /* with POLICY_PROVENANCE_CERTIFICATE */
+	size_t certificate_der_len;
+	bool identity_by_daemon;               /* identity mode: policyd mapped the certificate */
 };
 
 #define POLICY_RULE_MAX 128
@@ -64,6 +76,7 @@ struct policy_check_result {
 	uint32_t cache_ttl_ms;            /* from the response; 0 on error */
 	char rule[POLICY_RULE_MAX];       /* deciding rule, NUL-terminated, may be truncated; untrusted text */
 	char detail[POLICY_DETAIL_MAX];   /* on error: what went wrong; untrusted text (may come from the daemon) */
+	bool disconnect;                  /* the daemon says this connection must end */
 	size_t cache_scope_len;           /* 0: the answer holds for this topic only */
 	char cache_scope[POLICY_SCOPE_MAX]; /* topic filter the answer holds for (not NUL-terminated) */
 };

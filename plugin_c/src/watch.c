@@ -33,6 +33,7 @@
 #include <mosquitto.h>
 #include <mosquitto_broker.h>
 
+#include "conn.h"
 #include "logging.h"
 #include "policyd/v1/policy.pb-c.h"
 #include "link_tls.h"
@@ -56,6 +57,14 @@ struct kick_queue {
 	char **names;       /* ring of KICK_QUEUE_MAX strdup'd names */
 	size_t head;
 	size_t count;
+};
+
+/* Disconnections by certificate or by class, from the latest events; taken
+ * by the main thread, which matches them against the connections it has. */
+struct pending_dooms {
+	Policyd__V1__PolicyEvent *revocations;   /* the latest list (an unpacked event), or NULL */
+	bool all_named;
+	bool anonymous;
 };
 
 /* What the main thread logs; written by the watch thread under lock. */
@@ -82,6 +91,7 @@ struct policyd_watch {
 	_Atomic uint64_t *generation;
 
 	struct kick_queue queue;             /* under lock */
+	struct pending_dooms dooms;          /* under lock */
 	struct watch_stats stats;            /* under lock */
 	struct stream_state state;           /* under lock */
 
@@ -195,8 +205,20 @@ static bool event_apply(struct policyd_watch *w, grpc_byte_buffer *buf)
 	for(i = 0; i < ev->n_kick_usernames; i++){
 		kick_enqueue(w, ev->kick_usernames[i].data, ev->kick_usernames[i].len);
 	}
+	w->dooms.all_named |= ev->kick_all_named;
+	w->dooms.anonymous |= ev->kick_anonymous;
+	if(ev->has_revocations){
+		/* Keep the whole event: its arrays are the list, freed with it. */
+		if(w->dooms.revocations != NULL){
+			policyd__v1__policy_event__free_unpacked(w->dooms.revocations, NULL);
+		}
+		w->dooms.revocations = ev;
+		ev = NULL;
+	}
 	pthread_mutex_unlock(&w->lock);
-	policyd__v1__policy_event__free_unpacked(ev, NULL);
+	if(ev != NULL){
+		policyd__v1__policy_event__free_unpacked(ev, NULL);
+	}
 	return true;
 }
 
@@ -459,6 +481,9 @@ static void watch_free(struct policyd_watch *w)
 		}
 		free(w->queue.names);
 	}
+	if(w->dooms.revocations != NULL){
+		policyd__v1__policy_event__free_unpacked(w->dooms.revocations, NULL);
+	}
 	grpc_slice_unref(w->method);
 	free(w->broker_id);
 	pthread_cond_destroy(&w->wake);
@@ -616,7 +641,66 @@ static void kick_all(struct policyd_watch *w, char **names, size_t n)
 }
 
 
-void watch_on_tick(struct policyd_watch *w)
+/* Marks the connections a revocation list names. */
+static size_t doom_revoked(struct conn_table *conns, const Policyd__V1__PolicyEvent *ev)
+{
+	const unsigned char *serials[ev->n_revoked_serials ? ev->n_revoked_serials : 1];
+	size_t serial_lens[ev->n_revoked_serials ? ev->n_revoked_serials : 1];
+	const unsigned char *prints[ev->n_revoked_sha256 ? ev->n_revoked_sha256 : 1];
+	struct conn_revocations rev = {.serials = serials, .serial_lens = serial_lens, .sha256 = prints};
+	size_t i;
+
+	for(i = 0; i < ev->n_revoked_serials; i++){
+		serials[rev.n_serials] = ev->revoked_serials[i].data;
+		serial_lens[rev.n_serials++] = ev->revoked_serials[i].len;
+	}
+	for(i = 0; i < ev->n_revoked_sha256; i++){
+		if(ev->revoked_sha256[i].len == 32){
+			prints[rev.n_sha256++] = ev->revoked_sha256[i].data;
+		}
+	}
+	return conn_doom_revoked(conns, &rev);
+}
+
+
+/* Main thread: certificate revocations and class kicks become marked
+ * connections, then up to KICKS_PER_TICK of those are disconnected. */
+static void apply_dooms(struct policyd_watch *w, struct conn_table *conns)
+{
+	struct pending_dooms dooms;
+	size_t marked = 0, kicked, failed;
+
+	pthread_mutex_lock(&w->lock);
+	dooms = w->dooms;
+	memset(&w->dooms, 0, sizeof(w->dooms));
+	pthread_mutex_unlock(&w->lock);
+
+	if(dooms.revocations != NULL){
+		marked += doom_revoked(conns, dooms.revocations);
+		policyd__v1__policy_event__free_unpacked(dooms.revocations, NULL);
+	}
+	if(dooms.all_named){
+		marked += conn_doom_class(conns, true);
+	}
+	if(dooms.anonymous){
+		marked += conn_doom_class(conns, false);
+	}
+	if(marked > 0){
+		plog(MOSQ_LOG_NOTICE, "disconnecting %zu client(s): the new policy revokes their certificate or "
+				"took access from %s", marked, dooms.all_named || dooms.anonymous
+				? "their whole class of clients" : "them");
+	}
+	kicked = conn_kick_doomed(conns, KICKS_PER_TICK, &failed);
+	if(kicked > 0){
+		pthread_mutex_lock(&w->lock);
+		w->stats.kicks_done += kicked - failed;
+		w->stats.kicks_failed += failed;
+		pthread_mutex_unlock(&w->lock);
+	}
+}
+
+
+void watch_on_tick(struct policyd_watch *w, struct conn_table *conns)
 {
 	char *names[KICKS_PER_TICK];
 	struct stream_state state;
@@ -626,6 +710,7 @@ void watch_on_tick(struct policyd_watch *w)
 	if(w == NULL){
 		return;
 	}
+	apply_dooms(w, conns);
 	pthread_mutex_lock(&w->lock);
 	n = kick_dequeue(w, names, KICKS_PER_TICK);
 	state = w->state;

@@ -41,8 +41,12 @@ struct policyd_watch *watch_create(const struct watch_options *opts, const char 
  * Main thread; call before the broker unloads the plugin. */
 void watch_destroy(struct policyd_watch *watch);
 
-/* Main thread (MOSQ_EVT_TICK): kicks queued usernames, logs stream changes. */
-void watch_on_tick(struct policyd_watch *watch);
+struct conn_table;
+
+/* Main thread (MOSQ_EVT_TICK): disconnects the connections the latest events
+ * revoke or whose class they kick (conns: conn.h), kicks queued usernames,
+ * logs stream changes. */
+void watch_on_tick(struct policyd_watch *watch, struct conn_table *conns);
 
 /* Any thread: a consistent copy of the counters. */
 void watch_stats_get(struct policyd_watch *watch, struct watch_stats *out);

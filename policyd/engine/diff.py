@@ -9,10 +9,15 @@ have shrunk:
   is a removed one plus an added one), or gained any deny rule.
 
 Only *adding* allow rules, or removing deny rules, can never take anything
-away (decisions are deny-first, then any allow), so those kick nobody. Neither
-do changes to `patterns` or `anonymous`: they concern every client alike, and
-kicking everyone for them would be a reconnect storm; every publish and every
-delivery is checked again under the new generation anyway (docs/operations.md).
+away (decisions are deny-first, then any allow), so those kick nobody.
+
+Changes that may take access from a whole class of clients — `patterns`,
+`certificates` entries, the client id binding or the certificate mapping
+(every named client), `anonymous` (every anonymous one) — cannot be narrowed to
+names here: the daemon keeps no sessions. They add a class token to the kick
+list (KICK_ALL_NAMED, KICK_ANONYMOUS); each broker disconnects the clients of
+that class it has. Messages already queued for a client are not checked again
+by Mosquitto, so only a disconnect stops their delivery (docs/operations.md).
 
 Rule order within a rule set does not change any allow/deny outcome, so rules
 are compared as sets of (topic, access); a rule's source position is not part
@@ -27,6 +32,12 @@ from typing import Iterable
 from .policy import CompiledPolicy
 
 Grants = tuple[frozenset[tuple[str, str]], frozenset[str]]  # UserRuleSets.grants
+
+# Class tokens in a kick list. NUL can never be in an identity, so no username
+# is ever mistaken for one.
+KICK_ALL_NAMED = "\x00all-named"
+KICK_ANONYMOUS = "\x00anonymous"
+CLASS_TOKENS = frozenset({KICK_ALL_NAMED, KICK_ANONYMOUS})
 
 
 def lost_access(old: Grants, new: Grants) -> bool:
@@ -49,7 +60,44 @@ def usernames_to_kick(old: CompiledPolicy, new: CompiledPolicy) -> frozenset[str
         # own is the one way a new entry can take something away.
         if name not in new.superusers and name not in old.superusers and new.users.grants(name)[1]:
             kicked.add(name)
-    return frozenset(kicked)
+    return frozenset(kicked) | classes_to_kick(old, new)
+
+
+def classes_to_kick(old: CompiledPolicy, new: CompiledPolicy) -> frozenset[str]:
+    """KICK_ALL_NAMED / KICK_ANONYMOUS when `new` may take access from every client of that class."""
+    out = set()
+    if lost_access(rule_set_grants(old.patterns), rule_set_grants(new.patterns)) \
+            or _certificates_lost(old, new) or _identity_narrowed(old, new):
+        out.add(KICK_ALL_NAMED)
+    if lost_access(rule_set_grants(old.anonymous), rule_set_grants(new.anonymous)):
+        out.add(KICK_ANONYMOUS)
+    return frozenset(out)
+
+
+def rule_set_grants(rules) -> Grants:
+    """A compiled RuleSet's rules in the form `lost_access` compares."""
+    return (frozenset((r.topic, r.access) for r in rules.allows), frozenset(r.topic for r in rules.denies))
+
+
+def _certificates_lost(old: CompiledPolicy, new: CompiledPolicy) -> bool:
+    """An entry's match or rules changed in a way that may take access away. Entries
+    are compared by their match: a changed match is a removed entry plus an added one."""
+    before = {entry.match: rule_set_grants(entry.rules) for entry in old.certificates}
+    after = {entry.match: rule_set_grants(entry.rules) for entry in new.certificates}
+    for match, grants in before.items():
+        if match not in after or lost_access(grants, after[match]):
+            return True
+    return any(match not in before and grants[1] for match, grants in after.items())
+
+
+def _identity_narrowed(old: CompiledPolicy, new: CompiledPolicy) -> bool:
+    """The client id binding or the certificate mapping changed (sessions may no
+    longer match what their certificate or client id allows)."""
+    a, b = old.identity.spec, new.identity.spec
+    if a.client_ids != b.client_ids and b.client_ids:
+        return True
+    return (a.source, a.template, a.issuer_files, a.check_expiry) != (b.source, b.template, b.issuer_files,
+                                                                      b.check_expiry)
 
 
 def usernames_to_kick_among(old: CompiledPolicy, new: CompiledPolicy, names: Iterable[str]) -> frozenset[str]:

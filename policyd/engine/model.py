@@ -50,17 +50,42 @@ class SourceRef(NamedTuple):  # a tuple: 100,000-rule files make hundreds of tho
 
 # Characters that make an identity unusable as one topic level.
 UNSAFE_IDENTITY_CHARS = frozenset("+#/\x00")
+# Longest identity (UTF-8 bytes): far above any real device name, and a cap on
+# what one client can make the daemon substitute into every rule.
+MAX_IDENTITY_BYTES = 256
 
 
 def identity_problem(name: str) -> str | None:
-    """Why `name` cannot be an identity in a rules file, or None."""
+    """Why `name` can never be a safe identity (username or client id as it is
+    substituted for %u / %c, a rules-file name, a certificate's identity), or None.
+
+    The one definition of a safe identity: the rules loader, the engine's
+    template substitution, certificate mapping, `certs` and password entries
+    all ask here. Refused: empty; `+ # /` or NUL (a wildcard or another topic
+    level); a leading `$` (`%u/#` would become `$SYS/#` or `$CONTROL/#`, the
+    broker's own topics); control characters; more than MAX_IDENTITY_BYTES.
+    Invalid UTF-8 never reaches here: callers treat undecodable bytes as unsafe.
+    """
     if not name:
         return "empty identity"
-    if UNSAFE_IDENTITY_CHARS.isdisjoint(name):
-        return None
+    if name[0] != "$" and UNSAFE_IDENTITY_CHARS.isdisjoint(name) and name.isprintable() \
+            and len(name) <= MAX_IDENTITY_BYTES // 4:
+        return None  # the common case, decided without encoding
     bad = sorted(set(name) & UNSAFE_IDENTITY_CHARS)
-    shown = ", ".join(repr(c) for c in bad)
-    return f"identity {name!r} contains {shown}, which can never be a safe topic level"
+    if bad:
+        shown = ", ".join(repr(c) for c in bad)
+        return f"identity {_shown(name)} contains {shown}, which can never be a safe topic level"
+    if name[0] == "$":
+        return f"identity {_shown(name)} starts with '$', the prefix of the broker's own topics ($SYS, $CONTROL)"
+    if not name.isprintable():
+        return f"identity {_shown(name)} contains control characters (or other non-printable ones)"
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_IDENTITY_BYTES:
+        return f"identity longer than {MAX_IDENTITY_BYTES} bytes"
+    return None
+
+
+def _shown(name: str) -> str:
+    return repr(name[:64])
 
 
 class RuleSpec(NamedTuple):  # a tuple: cheapest to build, 100,000s of times per large file
@@ -105,8 +130,11 @@ class Request:
     topic: str | bytes
     access: Access
     # Certificate subject attributes, e.g. {"OU": ("sensors",)}: matched by the
-    # `certificates:` section. Empty until the broker side sends them.
-    attributes: Mapping[str, tuple[str, ...]] = field(default_factory=dict, compare=False, hash=False)
+    # `certificates:` section. Empty: the client has no certificate. None: it is
+    # not known whether it has one (a check for a retained message's publisher,
+    # who is not connected): then every `certificates` deny rule applies and no
+    # `certificates` allow rule does.
+    attributes: Optional[Mapping[str, tuple[str, ...]]] = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass(frozen=True)
@@ -115,6 +143,9 @@ class Decision:
     reason: str                      # short machine-friendly reason, e.g. "rule", "default-deny"
     rule: Optional["RuleLike"] = None
     trace: tuple["TraceStep", ...] = field(default=(), compare=False)
+    # The client should not be connected at all (its client id is not one its
+    # identity may use): the broker disconnects it, not only refuses this check.
+    ends_session: bool = False
 
     @property
     def word(self) -> str:

@@ -14,16 +14,14 @@ from ..server.ratelimit import RateLimitedLog
 from ..v1 import policy_pb2 as pb
 from .certificate import Refused, identify
 from .passwords import verify
-from .sessions import SessionRegistry
 
 log = logging.getLogger("policyd.identity")
 
 
 class Authenticator:
-    def __init__(self, store, counters, sessions: SessionRegistry | None = None):
+    def __init__(self, store, counters):
         self.store = store
         self.counters = counters        # service.Counters: keys auth.allow, auth.deny.<kind>, auth.error
-        self.sessions = sessions or SessionRegistry()
         self._refusals = RateLimitedLog(log, interval_s=1.0)
 
     def authenticate(self, request: pb.AuthenticateRequest, peer: str = "") -> pb.AuthenticateResponse:
@@ -32,6 +30,7 @@ class Authenticator:
             if not request.certificate_der and request.has_password:
                 return self._password_client(request, policy, peer)
             ident = identify(request.certificate_der, policy.identity)
+            _check_client_id(policy, ident.username, request.client_id)
         except Refused as refused:
             self.counters.add(f"auth.deny.{refused.kind}")
             self._refusals.warning(refused.kind, "CONNECT refused: client %s from %s: %s",
@@ -43,7 +42,6 @@ class Authenticator:
             self._refusals.exception("error", "CONNECT refused: Authenticate failed")
             return pb.AuthenticateResponse(result=pb.RESULT_DENY, reason="internal error",
                                            generation=getattr(policy, "generation", 0))
-        self.sessions.remember(ident)
         self.counters.add("auth.allow")
         log.debug("CONNECT accepted: client %s from %s is %r (serial %x)", _escaped(request.client_id),
                  _peer(request, peer), ident.username, ident.serial)
@@ -59,18 +57,33 @@ class Authenticator:
             username = ""  # no rules name can match; still hashed, like any unknown user
         if not verify(policy.identity.passwords, username, request.password):
             raise Refused("password", "unknown username or wrong password")  # the same for both
+        _check_client_id(policy, username, request.client_id)
         self.counters.add("auth.allow")
         log.debug("CONNECT accepted: client %s from %s is %r (password)", _escaped(request.client_id),
                   _peer(request, peer), username)
         return pb.AuthenticateResponse(result=pb.RESULT_ALLOW, username=username.encode("utf-8"),
                                        generation=policy.generation)
 
-    def revoked_usernames(self, old, new) -> frozenset[str]:
-        """Kicks for a reload: identities whose certificate the new policy revokes, and
-        password clients whose `passwords:` entry was removed or changed."""
-        before, after = old.identity.passwords, new.identity.passwords
-        changed = {name for name, stored in before.items() if after.get(name) != stored}
-        return self.sessions.revoked_usernames(new.identity.revoked) | changed
+
+
+def password_kicks(old, new) -> frozenset[str]:
+    """Kicks for a reload: password clients whose `passwords:` entry was removed or
+    changed. (Revoked certificates are matched by each broker against the sessions
+    it holds: the Watch stream sends it the revocation list.)"""
+    before, after = old.identity.passwords, new.identity.passwords
+    return frozenset(name for name, stored in before.items() if after.get(name) != stored)
+
+
+def _check_client_id(policy, username: str, client_id: bytes) -> None:
+    spec = policy.identity.spec
+    if not spec.client_ids:
+        return
+    try:
+        cid = client_id.decode("utf-8")
+    except UnicodeDecodeError:
+        cid = None
+    if cid is None or not spec.client_id_bound(username, cid):
+        raise Refused("client-id", f"client id is not one identity {username!r} may use (identity.client_id)")
 
 
 def _peer(request: pb.AuthenticateRequest, peer: str) -> str:

@@ -2,13 +2,19 @@
 
 A pure function of the DER bytes, the `identity:` / `revoked:` sections and
 the time. Every refusal carries a reason meant for the daemon's log; the
-identity it returns is always safe as one topic level (no `+ # /`, NUL or
-control characters, valid UTF-8) because the broker will use it as username.
+identity it returns is always safe (engine.model.identity_problem) because
+the broker uses it as username.
+
+Called at CONNECT (Authenticate) and again for every uncached ACL check that
+carries the certificate, so nothing about a session lives in the daemon: any
+daemon answers any check the same way, also after a restart. Parsing is
+cached by the DER bytes (bounded); the policy-dependent part is cheap.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -17,10 +23,11 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtensionOID, NameOID
 
-from .spec import IdentityPolicy
+from ..engine.model import identity_problem
+from .spec import IdentityPolicy, template_separators
 
-MAX_IDENTITY_BYTES = 256
-_UNSAFE = frozenset("+#/\x00")
+# Parsed certificates kept (by DER bytes): a fleet's live certificates, bounded.
+PARSED_CERTIFICATES_CACHED = 8192
 _SUBJECT_OIDS = {
     "CN": NameOID.COMMON_NAME, "O": NameOID.ORGANIZATION_NAME, "OU": NameOID.ORGANIZATIONAL_UNIT_NAME,
     "C": NameOID.COUNTRY_NAME, "ST": NameOID.STATE_OR_PROVINCE_NAME, "L": NameOID.LOCALITY_NAME,
@@ -48,39 +55,60 @@ class CertIdentity:
     attributes: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
-def identify(der: bytes, policy: IdentityPolicy, now: dt.datetime | None = None) -> CertIdentity:
-    """Map a certificate to an identity; raises Refused with the reason."""
+@dataclass(frozen=True)
+class CertFacts:
+    """What a certificate says, whatever the policy: parsed once per DER."""
+
+    cert: x509.Certificate
+    serial: int
+    fingerprint: str                               # SHA-256 of the DER, lower-case hex
+    values: dict[str, tuple[str, ...]]             # subject fields, SANs, serial as text
+
+
+def identify(der: bytes, policy: IdentityPolicy, now: dt.datetime | None = None,
+             source: str | None = None) -> CertIdentity:
+    """Map a certificate to an identity; raises Refused with the reason.
+
+    `source` overrides the policy's mapping: "cn" is what Mosquitto itself uses
+    with `use_identity_as_username true` (broker mode), where revocation, the
+    issuer pin and expiry still apply."""
+    facts = read_certificate(der)
+    why = policy.revoked.revokes(facts.serial, facts.fingerprint)
+    if why:
+        raise Refused("revoked", why)
+    if policy.spec.issuers and not _issued_by_pinned(der, policy.spec.issuers):
+        raise Refused("issuer", f"issued by {facts.cert.issuer.rfc4514_string()!r}, which is not a pinned issuer")
+    if policy.spec.check_expiry:
+        _check_validity(facts.cert, now or dt.datetime.now(dt.timezone.utc))
+    source = source or policy.spec.source
+    template = policy.spec.template if source == "template" else ""
+    username = _safe_identity(_pick(source, template, facts.values), source)
+    attributes = {k: v for k, v in facts.values.items() if k != "serial" and v}
+    return CertIdentity(username, facts.serial, facts.fingerprint, attributes)
+
+
+@functools.lru_cache(maxsize=PARSED_CERTIFICATES_CACHED)
+def read_certificate(der: bytes) -> CertFacts:
+    """Parse a certificate; raises Refused when it cannot identify anyone."""
     if not der:
         raise Refused("no-certificate", "no client certificate (the listener needs require_certificate true)")
-    fingerprint = hashlib.sha256(der).hexdigest()
     try:
         cert = x509.load_der_x509_certificate(der)
     except ValueError as exc:
         raise Refused("unreadable", f"unreadable certificate: {exc}") from None
-    serial = cert.serial_number
-    why = policy.revoked.revokes(serial, fingerprint)
-    if why:
-        raise Refused("revoked", why)
-    _check_issuer(cert, policy)
-    if policy.spec.check_expiry:
-        _check_validity(cert, now or dt.datetime.now(dt.timezone.utc))
-    values = _values(cert)
-    username = _safe_identity(_pick(policy.spec.source, policy.spec.template, values), policy.spec.source)
-    attributes = {k: v for k, v in values.items() if k != "serial" and v}
-    return CertIdentity(username, serial, fingerprint, attributes)
+    return CertFacts(cert, cert.serial_number, hashlib.sha256(der).hexdigest(), _values(cert))
 
 
-def _check_issuer(cert: x509.Certificate, policy: IdentityPolicy) -> None:
-    issuers = policy.spec.issuers
-    if not issuers:
-        return
+@functools.lru_cache(maxsize=PARSED_CERTIFICATES_CACHED)
+def _issued_by_pinned(der: bytes, issuers: tuple[x509.Certificate, ...]) -> bool:
+    cert = read_certificate(der).cert
     for ca in issuers:
         try:
             cert.verify_directly_issued_by(ca)
-            return
+            return True
         except (InvalidSignature, ValueError, TypeError):  # not this one: try the next
             continue
-    raise Refused("issuer", f"issued by {cert.issuer.rfc4514_string()!r}, which is not a pinned issuer")
+    return False
 
 
 def _check_validity(cert: x509.Certificate, now: dt.datetime) -> None:
@@ -120,9 +148,22 @@ def _text(value) -> str:
 
 def _pick(source: str, template: str, values: dict[str, tuple[str, ...]]) -> str:
     if source == "template":
-        return _FIELD.sub(lambda m: _single(m.group(1), values), template)
+        separators = template_separators(template)
+        return _FIELD.sub(lambda m: _unambiguous(m.group(1), values, separators), template)
     key = {"cn": "CN", "serial": "serial"}.get(source, source.replace("-", "_"))
     return _single(key, values)
+
+
+def _unambiguous(key: str, values: dict[str, tuple[str, ...]], separators: frozenset[str]) -> str:
+    """A template field's value; refused when it holds a character the template uses
+    between fields, since then two certificates could give one identity
+    (O=acme,CN=labs-x and O=acme-labs,CN=x under {O}-{CN})."""
+    value = _single(key, values)
+    clash = sorted(separators.intersection(value))
+    if clash:
+        raise Refused("ambiguous", f"certificate {key} contains {', '.join(repr(c) for c in clash)}, which the "
+                      "identity template uses as a separator: the identity would be ambiguous")
+    return value
 
 
 def _single(key: str, values: dict[str, tuple[str, ...]]) -> str:
@@ -136,18 +177,7 @@ def _single(key: str, values: dict[str, tuple[str, ...]]) -> str:
 
 
 def _safe_identity(name: str, source: str) -> str:
-    if not name:
-        raise Refused("unsafe-identity", f"empty identity from {source}")
-    bad = sorted(set(name) & _UNSAFE)
-    if bad:
-        raise Refused("unsafe-identity", f"identity {_shown(name)} contains {', '.join(repr(c) for c in bad)}, "
-                      "never allowed in an identity (it would widen topic access)")
-    if any(not c.isprintable() for c in name):
-        raise Refused("unsafe-identity", f"identity {_shown(name)} contains control characters")
-    if len(name.encode("utf-8")) > MAX_IDENTITY_BYTES:
-        raise Refused("unsafe-identity", f"identity longer than {MAX_IDENTITY_BYTES} bytes")
+    why = identity_problem(name)
+    if why:
+        raise Refused("unsafe-identity", f"{why} (from {source}; it would widen topic access)")
     return name
-
-
-def _shown(name: str) -> str:
-    return repr(name[:64].encode("unicode_escape").decode("ascii"))

@@ -5,6 +5,7 @@
       template: "{O}-{CN}"    # only with source: template
       issuers: [ca.pem]       # optional pin: the certificate must be signed directly by one of these
       check_expiry: true      # refuse certificates outside notBefore..notAfter (daemon's clock)
+      client_id: ["%u", "%u-*"]  # optional: the client ids an identity may use (a `*` ends a prefix)
     revoked:
       serials: ["0x1f3a", "1f:3a"]   # hex (0x…, or colon-separated) or decimal text
       sha256: ["ab:cd:…"]            # SHA-256 fingerprints of the DER certificate
@@ -23,11 +24,12 @@ from dataclasses import dataclass, field
 from cryptography import x509
 
 SOURCES = ("cn", "san-dns", "san-uri", "san-email", "serial", "template")
-IDENTITY_KEYS = ("source", "template", "issuers", "check_expiry")
+IDENTITY_KEYS = ("source", "template", "issuers", "check_expiry", "client_id")
 REVOKED_KEYS = ("serials", "sha256")
 # Template fields: subject attributes, plus the serial and the first SAN of each kind.
 TEMPLATE_FIELDS = ("CN", "O", "OU", "C", "ST", "L", "DC", "serial", "san_dns", "san_uri", "san_email")
 _TEMPLATE_FIELD = re.compile(r"\{([A-Za-z_]+)\}")
+_ADJACENT_FIELDS = re.compile(r"\}\{")
 _HEX = re.compile(r"^[0-9a-f]+$")
 
 
@@ -38,6 +40,21 @@ class IdentitySpec:
     issuers: tuple[x509.Certificate, ...] = ()
     issuer_files: tuple[str, ...] = ()
     check_expiry: bool = True
+    # Client id forms bound to an identity ("%u", "%u-*"); empty: any client id.
+    client_ids: tuple[str, ...] = ()
+
+    def client_id_bound(self, username: str, client_id: str) -> bool:
+        """Whether `client_id` is one this identity may use (always, without a binding).
+        The username is a safe identity (no `*`, `%` is literal in it)."""
+        if not self.client_ids:
+            return True
+        for form in self.client_ids:
+            if form.endswith("*"):
+                if client_id.startswith(form[:-1].replace("%u", username)):
+                    return True
+            elif client_id == form.replace("%u", username):
+                return True
+        return False
 
 
 @dataclass(frozen=True)
@@ -108,6 +125,8 @@ def read_identity(reader, node, key: str) -> IdentitySpec:
             values["issuers"] = _load_issuers(reader, vnode, vkey, files)
         elif name == "check_expiry":
             values["check_expiry"] = _read_bool(reader, vnode, vkey)
+        elif name == "client_id":
+            values["client_ids"] = _read_client_ids(reader, vnode, vkey)
         else:
             reader.error(knode, vkey, f"unknown key {name!r} (expected {', '.join(IDENTITY_KEYS)})")
     spec = IdentitySpec(**values)  # type: ignore[arg-type]
@@ -139,6 +158,12 @@ def read_revoked(reader, node, key: str) -> Revocations:
     return Revocations(frozenset(serials), frozenset(prints))
 
 
+def template_separators(template: str) -> frozenset[str]:
+    """The characters a template writes between and around its fields. A field value
+    holding one of them is refused at CONNECT, which keeps the mapping one-to-one."""
+    return frozenset(_TEMPLATE_FIELD.sub("", template))
+
+
 def _read_template(reader, node, key: str) -> str:
     template = reader.text(node, key) or ""
     for name in _TEMPLATE_FIELD.findall(template):
@@ -146,7 +171,30 @@ def _read_template(reader, node, key: str) -> str:
             reader.error(node, key, f"unknown template field {{{name}}} (expected {', '.join(TEMPLATE_FIELDS)})")
     if template and not _TEMPLATE_FIELD.search(template):
         reader.error(node, key, "a template without any {field} would give every client the same identity")
+    if _ADJACENT_FIELDS.search(template):
+        reader.error(node, key, "two {field}s must be separated by text (e.g. {O}.{CN}): without a separator "
+                     "two certificates could map to the same identity")
     return template
+
+
+def _read_client_ids(reader, node, key: str) -> tuple[str, ...]:
+    """`client_id: "%u"` or a list of such forms; each names %u once, `*` only at the end."""
+    items = [(key, node)] if getattr(node, "id", "") == "scalar" else \
+        [(f"{key}[{i}]", item) for i, item in reader.sequence(node, key)]
+    forms = []
+    for ikey, item in items:
+        form = reader.text(item, ikey)
+        if form is None:
+            continue
+        if form.count("%u") != 1:
+            reader.error(item, ikey, f"client id form {form!r} must contain %u exactly once")
+        elif "*" in form[:-1]:
+            reader.error(item, ikey, f"client id form {form!r}: `*` may only end the form (a prefix)")
+        elif any(c in form for c in "+#/\x00"):
+            reader.error(item, ikey, f"client id form {form!r} contains a character no client id may hold")
+        else:
+            forms.append(form)
+    return tuple(forms)
 
 
 def _read_bool(reader, node, key: str) -> bool:

@@ -12,7 +12,8 @@ import grpc
 from .. import __version__
 from ..engine import Access, Problem, Request
 from ..engine.scope import cache_scope
-from ..identity.authenticate import Authenticator
+from ..identity.authenticate import Authenticator, password_kicks
+from ..identity.verify import checked_client
 from ..v1 import policy_pb2 as pb
 from ..v1 import policy_pb2_grpc as pb_grpc
 from . import watch_stream
@@ -56,8 +57,8 @@ class PolicyService(pb_grpc.PolicyServicer):
         self._dry_run_log = RateLimitedLog(logging.getLogger("policyd.dryrun"), interval_s=1.0)
         # Identity mode (issue 6): CONNECT answers, and each identity's certificate attributes.
         self.authenticator = Authenticator(store, self.counters)
-        if hasattr(store, "kick_sources"):  # a reload that revokes a certificate kicks its identity
-            store.kick_sources.append(self.authenticator.revoked_usernames)
+        if hasattr(store, "kick_sources"):  # a reload that removes a password kicks its client
+            store.kick_sources.append(password_kicks)
 
     def CheckAcl(self, request: pb.CheckAclRequest, context: grpc.ServicerContext) -> pb.CheckAclResponse:
         started = time.perf_counter()
@@ -85,9 +86,11 @@ class PolicyService(pb_grpc.PolicyServicer):
             self._errors.warning("bad-access", "CheckAcl with unknown access value %d: denied", request.access)
             return pb.CheckAclResponse(result=pb.RESULT_DENY, generation=policy.generation, rule="bad-request")
         username = request.username if request.has_username else None
-        subject = Request(username, request.client_id, request.topic, access,
-                          self.authenticator.sessions.attributes(username))
         try:
+            client = checked_client(request, policy)
+            if client.refusal is not None:
+                return self._refused(request, access, client.refusal, policy.generation)
+            subject = Request(username, request.client_id, request.topic, access, client.attributes)
             decision = policy.decide(subject)
         except Exception:  # never let a bug become an allow, or an unanswered broker
             self.counters.add("error")
@@ -109,7 +112,19 @@ class PolicyService(pb_grpc.PolicyServicer):
             cache_ttl_ms=self.cache_ttl_ms,
             rule=str(decision.rule) if decision.rule is not None else decision.reason,
             cache_scope=self._scope(policy, subject, decision) if allowed == decision.allowed else b"",
+            disconnect=decision.ends_session and not allowed,
         )
+
+    def _refused(self, request: pb.CheckAclRequest, access: Access, refused, generation: int) -> pb.CheckAclResponse:
+        """The connection itself is not acceptable (revoked, mismatched): deny and end it.
+        Not affected by --dry-run: a dry run tries out rules, not revocations."""
+        rule = f"connection-refused: {refused.kind}"
+        self.counters.add(f"deny.{access.name.lower()}")
+        self.counters.add(f"refused.{refused.kind}")
+        self._log_decision(request, "deny", access.name.lower(), rule, generation)
+        self._errors.warning(f"refused-{refused.kind}", "check for user=%s client=%s denied and its connection "
+                             "ended: %s", _Printable(_username(request)), _Printable(request.client_id), refused)
+        return pb.CheckAclResponse(result=pb.RESULT_DENY, generation=generation, rule=rule, disconnect=True)
 
     def _scope(self, policy, subject: Request, decision) -> bytes:
         """The filter the answer provably holds for (empty: this topic only)."""

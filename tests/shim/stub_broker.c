@@ -137,6 +137,25 @@ int mosquitto_kick_client_by_clientid(const char *clientid, bool with_will)
 }
 
 
+/* The broker's allocator: plain libc here. */
+void *mosquitto_calloc(size_t nmemb, size_t size)
+{
+	return calloc(nmemb, size);
+}
+
+
+void mosquitto_free(void *mem)
+{
+	free(mem);
+}
+
+
+char *mosquitto_strdup(const char *s)
+{
+	return strdup(s);
+}
+
+
 const char *mosquitto_strerror(int mosq_errno)
 {
 	static char text[32];

@@ -103,9 +103,25 @@ def test_new_user_with_own_deny_is_kicked_new_user_with_allows_is_not():
     assert kicks(BASE, BASE.replace("users:\n", "users:\n  D9:\n    - topic: /pattern/%u/x\n      access: deny\n")) == {"D9"}
 
 
-def test_pattern_and_anonymous_changes_kick_nobody():
-    new = BASE.replace("/pattern/%u/#", "/pattern/%u/only").replace("public/#", "public/x")
-    assert kicks(BASE, new) == set()
+def test_pattern_and_anonymous_changes_that_take_access_kick_their_whole_class():
+    from policyd.engine.diff import KICK_ALL_NAMED, KICK_ANONYMOUS
+    narrower = BASE.replace("/pattern/%u/#", "/pattern/%u/only")
+    assert kicks(BASE, narrower) == {KICK_ALL_NAMED}
+    assert kicks(BASE, BASE.replace("public/#", "public/x")) == {KICK_ANONYMOUS}
+    # adding an allow rule kicks nobody (a changed rule counts as removed + added)
+    wider = BASE.replace("patterns:\n", "patterns:\n  - topic: extra/%u\n    access: read\n")
+    assert wider != BASE and kicks(BASE, wider) == set()
+
+
+def test_certificate_and_identity_changes_that_may_take_access_kick_every_named_client():
+    from policyd.engine.diff import KICK_ALL_NAMED
+    entry = "certificates:\n  ops:\n    match: {OU: ops}\n    rules:\n      - {topic: 'ops/#', access: readwrite}\n"
+    assert kicks(BASE, BASE + entry) == set()
+    assert kicks(BASE + entry, BASE) == {KICK_ALL_NAMED}
+    assert kicks(BASE + entry, BASE + entry.replace("ops}", "opz}")) == {KICK_ALL_NAMED}
+    bound = BASE + "identity:\n  client_id: '%u'\n"
+    assert kicks(BASE, bound) == {KICK_ALL_NAMED}
+    assert kicks(bound, BASE) == set()
 
 
 def test_unrelated_user_change_kicks_only_that_user():

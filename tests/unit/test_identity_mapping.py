@@ -15,7 +15,8 @@ from cryptography.x509.oid import NameOID
 from policyd.engine import PolicyLoadError, compile_policy, parse_text
 from policyd.identity import IdentityPolicy, IdentitySpec, Refused, Revocations, identify
 from policyd.identity.authenticate import Authenticator
-from policyd.identity.sessions import SessionRegistry
+from policyd.identity.authenticate import password_kicks
+from policyd.identity.verify import checked_client
 from policyd.identity.spec import parse_fingerprint, parse_serial
 from policyd.v1 import policy_pb2 as pb
 
@@ -102,6 +103,8 @@ def test_template_source_combines_fields():
     (((CN, "a/b"),), "contains '/'"),
     (((CN, "a\x00b"),), "contains '\\x00'"),
     (((CN, "a\nb"),), "control characters"),
+    (((CN, "$SYS"),), "starts with '$'"),
+    (((CN, "$CONTROL"),), "starts with '$'"),
     (((OU, "only-ou"),), "certificate has no CN"),
     (((CN, "one"), (CN, "two")), "2 CN values"),
     (((CN, "x" * 64), (OU, "y")), None),  # 64 is fine
@@ -210,23 +213,76 @@ def test_serial_and_fingerprint_parsing():
 
 # --- sessions and the Authenticate answer --------------------------------------
 
-def test_sessions_name_the_identities_a_revocation_kicks_and_forget_them():
-    sessions = SessionRegistry()
-    a, b = ident(cert_der((CN, "A"), serial=10)), ident(cert_der((CN, "B"), serial=11))
-    sessions.remember(a)
-    sessions.remember(b)
-    assert sessions.attributes(b"A")["CN"] == ("A",)
-    assert sessions.revoked_usernames(Revocations(serials=frozenset({10}))) == {"A"}
-    assert sessions.revoked_usernames(Revocations(serials=frozenset({10}))) == frozenset()
-    assert sessions.revoked_usernames(Revocations(sha256=frozenset({b.fingerprint}))) == {"B"}
-    assert sessions.attributes(b"\xff") == {} and sessions.attributes(None) == {}
+def _check(policy, der: bytes, username: bytes, mode=pb.IDENTITY_MODE_BROKER, provenance=pb.PROVENANCE_CERTIFICATE):
+    return checked_client(pb.CheckAclRequest(has_username=True, username=username, client_id=b"c",
+                                             topic=b"t", access=pb.ACCESS_WRITE, provenance=provenance,
+                                             certificate_der=der, identity_mode=mode), policy)
 
 
-def test_sessions_are_bounded():
-    sessions = SessionRegistry(limit=2)
-    for i, name in enumerate("ABC"):
-        sessions.remember(ident(cert_der((CN, name), serial=100 + i)))
-    assert len(sessions) == 2 and sessions.attributes("A") == {}
+def _policy(rules: bytes):
+    return compile_policy(parse_text(rules))
+
+
+def test_each_check_derives_attributes_from_the_certificate_it_carries():
+    # Two certificates with one CN: each check gets its own certificate's attributes, whatever
+    # connected last (nothing is remembered between checks, so a restart changes nothing).
+    policy = _policy(b"users: {}\nidentity:\n  check_expiry: false\n")
+    guest = cert_der((CN, "D1"), (OU, "guests"), serial=1)
+    ops = cert_der((CN, "D1"), (OU, "ops"), serial=2)
+    assert _check(policy, ops, b"D1").attributes["OU"] == ("ops",)
+    assert _check(policy, guest, b"D1").attributes["OU"] == ("guests",)
+
+
+def test_a_check_whose_certificate_is_revoked_or_does_not_name_the_user_ends_the_connection():
+    policy = _policy(b'users: {}\nidentity:\n  check_expiry: false\nrevoked:\n  serials: ["0x77"]\n')
+    revoked = _check(policy, cert_der((CN, "D1"), serial=0x77), b"D1")
+    assert revoked.refusal.kind == "revoked"
+    other = _check(policy, cert_der((CN, "D1"), serial=0x78), b"admin")
+    assert other.refusal.kind == "mismatch"
+    two_cns = _check(policy, cert_der((CN, "Victim"), (CN, "Intruder")), b"Victim")
+    assert two_cns.refusal.kind == "ambiguous"
+    dollar = _check(policy, cert_der((CN, "$SYS")), b"$SYS")
+    assert dollar.refusal.kind == "unsafe-identity"
+    ok = _check(policy, cert_der((CN, "D1"), serial=0x78), b"D1")
+    assert ok.refusal is None
+
+
+def test_identity_mode_checks_compare_with_the_policys_mapping():
+    policy = _policy(b"users: {}\nidentity:\n  source: san-dns\n  check_expiry: false\n")
+    der = cert_der((CN, "cn-name"), sans=(x509.DNSName("dev.example"),))
+    assert _check(policy, der, b"dev.example", mode=pb.IDENTITY_MODE_DAEMON).refusal is None
+    assert _check(policy, der, b"cn-name", mode=pb.IDENTITY_MODE_DAEMON).refusal.kind == "mismatch"
+    assert _check(policy, der, b"cn-name").refusal is None  # broker mode: Mosquitto's CN
+
+
+def test_checks_without_a_certificate():
+    good = hash_password(b"pw", iterations=1000)
+    policy = _policy(f'passwords:\n  alice: "{good}"\n'.encode())
+    assert _check(policy, b"", b"alice", provenance=pb.PROVENANCE_PASSWORD).refusal is None
+    assert _check(policy, b"", b"bob", provenance=pb.PROVENANCE_PASSWORD).refusal.kind == "password"
+    assert _check(policy, b"", b"bob", provenance=pb.PROVENANCE_BROKER).attributes == {}
+    assert _check(policy, b"", b"bob", provenance=pb.PROVENANCE_UNKNOWN).attributes is None
+
+
+def test_unknown_provenance_applies_every_certificates_deny_and_no_allow():
+    from policyd.engine import Access, Request
+    policy = _policy(b"certificates:\n  q:\n    match: {O: quarantine}\n    rules:\n      - {topic: 'plant/#', access: deny}\n"
+                     b"  ops:\n    match: {OU: ops}\n    rules:\n      - {topic: 'ops/#', access: readwrite}\n"
+                     b"patterns:\n  - {topic: 'plant/#', access: readwrite}\n")
+    unknown = Request("D1", "c", "plant/x", Access.WRITE, None)
+    assert not policy.decide(unknown).allowed
+    assert policy.decide(Request("D1", "c", "plant/x", Access.WRITE, {})).allowed
+    assert not policy.decide(Request("D1", "c", "ops/x", Access.WRITE, None)).allowed
+
+
+def test_certificate_parsing_is_cached_and_bounded():
+    from policyd.identity import certificate
+    der = cert_der((CN, "cached"))
+    certificate.read_certificate(der)
+    before = certificate.read_certificate.cache_info().hits
+    certificate.read_certificate(der)
+    assert certificate.read_certificate.cache_info().hits == before + 1
+    assert certificate.read_certificate.cache_info().maxsize == certificate.PARSED_CERTIFICATES_CACHED
 
 
 class _Store:
@@ -257,7 +313,6 @@ def test_authenticate_allows_with_identity_and_attributes():
     assert answer.result == pb.RESULT_ALLOW and answer.username == b"D1" and answer.generation == 7
     assert ("OU", "sensors") in {(a.name, a.value) for a in answer.attributes}
     assert counters.keys == ["auth.allow"]
-    assert auth.sessions.attributes("D1")["OU"] == ("sensors",)
 
 
 def test_authenticate_denies_with_reason_and_counts_by_kind(caplog):
@@ -359,19 +414,49 @@ def test_connect_answers_are_exported_as_metrics():
     assert samples[("allow", "")] == 1 and samples[("deny", "unsafe-identity")] == 1
 
 
-def test_reload_kicks_revoked_certificates_and_changed_passwords():
+def test_reload_kicks_changed_passwords():
     keep, drop = hash_password(b"k", iterations=1000), hash_password(b"d", iterations=1000)
     old = compile_policy(parse_text(f'passwords:\n  keep: "{keep}"\n  drop: "{drop}"\n  moved: "{drop}"\n'.encode()))
     new_hash = hash_password(b"new", iterations=1000)
-    auth, _ = _authenticator()
-    cert = ident(cert_der((CN, "Dev1"), serial=0x77))
-    auth.sessions.remember(cert)
     new = compile_policy(parse_text(f'passwords:\n  keep: "{keep}"\n  moved: "{new_hash}"\n'
                                     f'revoked:\n  serials: ["0x77"]\n'.encode()))
-    assert auth.revoked_usernames(old, new) == {"drop", "moved", "Dev1"}
-    assert auth.revoked_usernames(new, new) == frozenset()
+    assert password_kicks(old, new) == {"drop", "moved"}
+    assert password_kicks(new, new) == frozenset()
 
 
 def test_empty_sections_are_allowed():
     policy = compile_policy(parse_text(b"identity:\nrevoked:\npasswords:\nusers: {}\n"))
     assert policy.identity == IdentityPolicy()
+
+
+def test_template_fields_holding_the_separator_are_refused_so_identities_stay_unique():
+    O = NameOID.ORGANIZATION_NAME
+    policy = source("template", "{O}-{CN}")
+    assert ident(cert_der((O, "acme"), (CN, "sensor1")), policy).username == "acme-sensor1"
+    assert "separator" in refusal(cert_der((O, "acme"), (CN, "labs-sensor1")), policy)
+    assert "separator" in refusal(cert_der((O, "acme-labs"), (CN, "sensor1")), policy)
+
+
+def test_templates_without_separators_and_bad_client_id_forms_are_refused_at_load():
+    with pytest.raises(PolicyLoadError) as info:
+        parse_text(b"identity:\n  source: template\n  template: '{O}{CN}'\n", "rules.yaml")
+    assert "separated by text" in str(info.value.problems[0])
+    with pytest.raises(PolicyLoadError) as info:
+        parse_text(b"identity:\n  client_id: ['fixed', '%u*x', '%u/#']\n", "rules.yaml")
+    shown = [str(p) for p in info.value.problems]
+    assert len(shown) == 3 and all("identity.client_id[" in p for p in shown)
+
+
+def test_client_id_binding_is_enforced_at_connect_and_on_every_check():
+    from policyd.engine import Access, Request
+    policy = compile_policy(parse_text(b"identity:\n  client_id: ['%u', '%u-*']\n  check_expiry: false\n"
+                                       b"patterns:\n  - {topic: 'd/%u/#', access: readwrite}\n"))
+    auth = Authenticator(_Store(policy), _Counters())
+    der = cert_der((CN, "D1"))
+    assert auth.authenticate(pb.AuthenticateRequest(client_id=b"D1", certificate_der=der)).result == pb.RESULT_ALLOW
+    assert auth.authenticate(pb.AuthenticateRequest(client_id=b"D1-x", certificate_der=der)).result == pb.RESULT_ALLOW
+    taken = auth.authenticate(pb.AuthenticateRequest(client_id=b"D2", certificate_der=der))
+    assert taken.result == pb.RESULT_DENY and "identity.client_id" in taken.reason
+    ok = policy.decide(Request("D1", "D1-a", "d/D1/x", Access.WRITE))
+    other = policy.decide(Request("D1", "D123", "d/D1/x", Access.WRITE))
+    assert ok.allowed and not other.allowed and other.ends_session and not ok.ends_session

@@ -1,0 +1,340 @@
+/*
+ * Connections seen by the plugin (conn.h). A chained hash table keyed by the
+ * client pointer; grows by doubling, never shrinks below its start size.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+#include <mosquitto.h>
+#include <mosquitto_broker.h>
+
+#include "conn.h"
+
+#define CONN_BUCKETS_MIN 1024
+
+struct conn_table {
+	struct conn **buckets;
+	size_t n_buckets;                     /* a power of two */
+	size_t count;
+	size_t doomed;
+};
+
+
+static size_t bucket_of(const struct conn_table *t, const struct mosquitto *client)
+{
+	uint64_t h = (uint64_t)(uintptr_t)client;
+
+	/* Pointers are aligned and clustered: mix before masking. */
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdULL;
+	h ^= h >> 33;
+	return (size_t)h & (t->n_buckets - 1);
+}
+
+
+struct conn_table *conn_table_create(void)
+{
+	struct conn_table *t = mosquitto_calloc(1, sizeof(*t));
+
+	if(t == NULL){
+		return NULL;
+	}
+	t->buckets = mosquitto_calloc(CONN_BUCKETS_MIN, sizeof(*t->buckets));
+	if(t->buckets == NULL){
+		mosquitto_free(t);
+		return NULL;
+	}
+	t->n_buckets = CONN_BUCKETS_MIN;
+	return t;
+}
+
+
+static void conn_free(struct conn *c)
+{
+	mosquitto_free(c->client_id);
+	mosquitto_free(c);
+}
+
+
+void conn_table_destroy(struct conn_table *t)
+{
+	struct conn *c, *next;
+	size_t i;
+
+	if(t == NULL){
+		return;
+	}
+	for(i = 0; i < t->n_buckets; i++){
+		for(c = t->buckets[i]; c != NULL; c = next){
+			next = c->next;
+			conn_free(c);
+		}
+	}
+	mosquitto_free(t->buckets);
+	mosquitto_free(t);
+}
+
+
+/* Doubles the bucket array; on failure the table keeps working, only slower. */
+static void conn_grow(struct conn_table *t)
+{
+	size_t n = t->n_buckets * 2, i, b;
+	struct conn **buckets = mosquitto_calloc(n, sizeof(*buckets));
+	struct conn *c, *next;
+	struct conn_table grown = {.buckets = buckets, .n_buckets = n};
+
+	if(buckets == NULL){
+		return;
+	}
+	for(i = 0; i < t->n_buckets; i++){
+		for(c = t->buckets[i]; c != NULL; c = next){
+			next = c->next;
+			b = bucket_of(&grown, c->client);
+			c->next = buckets[b];
+			buckets[b] = c;
+		}
+	}
+	mosquitto_free(t->buckets);
+	t->buckets = buckets;
+	t->n_buckets = n;
+}
+
+
+static struct conn **slot_of(struct conn_table *t, const struct mosquitto *client)
+{
+	struct conn **p = &t->buckets[bucket_of(t, client)];
+
+	while(*p != NULL && (*p)->client != client){
+		p = &(*p)->next;
+	}
+	return p;
+}
+
+
+static void unlink_slot(struct conn_table *t, struct conn **p)
+{
+	struct conn *c = *p;
+
+	*p = c->next;
+	if(c->doomed){
+		t->doomed--;
+	}
+	t->count--;
+	conn_free(c);
+}
+
+
+void conn_drop(struct conn_table *t, const struct mosquitto *client)
+{
+	struct conn **p;
+
+	if(t == NULL || client == NULL){
+		return;
+	}
+	p = slot_of(t, client);
+	if(*p != NULL){
+		unlink_slot(t, p);
+	}
+}
+
+
+struct conn *conn_find(struct conn_table *t, const struct mosquitto *client)
+{
+	struct conn **p;
+	const char *id;
+
+	if(t == NULL || client == NULL){
+		return NULL;
+	}
+	p = slot_of(t, client);
+	if(*p == NULL){
+		return NULL;
+	}
+	id = mosquitto_client_id(client);
+	if(id == NULL || strcmp(id, (*p)->client_id) != 0){
+		unlink_slot(t, p); /* a pointer reused without a DISCONNECT we saw: never trust it */
+		return NULL;
+	}
+	return *p;
+}
+
+
+static void certificate_facts(struct conn *c, X509 *cert)
+{
+	const ASN1_INTEGER *serial = X509_get0_serialNumber(cert);
+	unsigned int len = 0;
+	int n;
+
+	if(X509_digest(cert, EVP_sha256(), c->sha256, &len) != 1 || len != sizeof(c->sha256)){
+		return; /* no facts: revocation by the Watch stream cannot match it, checks still do */
+	}
+	n = serial != NULL ? ASN1_STRING_length(serial) : 0;
+	if(n > 0){
+		const unsigned char *data = ASN1_STRING_get0_data(serial);
+		while(n > 1 && data[0] == 0){
+			data++;
+			n--;
+		}
+		c->serial_len = (uint8_t)(n > CONN_SERIAL_MAX ? CONN_SERIAL_MAX : n);
+		memcpy(c->serial, data, c->serial_len);
+	}
+	c->has_certificate = true;
+}
+
+
+struct conn *conn_track(struct conn_table *t, const struct mosquitto *client, void *cert)
+{
+	struct conn *c;
+	const char *id;
+	size_t b;
+
+	if(t == NULL || client == NULL){
+		return NULL;
+	}
+	c = conn_find(t, client);
+	if(c != NULL){
+		return c;
+	}
+	id = mosquitto_client_id(client);
+	if(id == NULL){
+		return NULL;
+	}
+	c = mosquitto_calloc(1, sizeof(*c));
+	if(c == NULL){
+		return NULL;
+	}
+	c->client_id = mosquitto_strdup(id);
+	if(c->client_id == NULL){
+		mosquitto_free(c);
+		return NULL;
+	}
+	c->client = client;
+	c->has_username = mosquitto_client_username(client) != NULL;
+	if(cert != NULL){
+		certificate_facts(c, cert);
+	}
+	if(t->count >= t->n_buckets * 2){
+		conn_grow(t);
+	}
+	b = bucket_of(t, client);
+	c->next = t->buckets[b];
+	t->buckets[b] = c;
+	t->count++;
+	return c;
+}
+
+
+size_t conn_doom(struct conn_table *t, struct conn *c)
+{
+	if(t == NULL || c == NULL || c->doomed){
+		return 0;
+	}
+	c->doomed = true;
+	t->doomed++;
+	return 1;
+}
+
+
+static bool revoked_by(const struct conn *c, const struct conn_revocations *rev)
+{
+	size_t i;
+
+	if(!c->has_certificate){
+		return false;
+	}
+	for(i = 0; i < rev->n_sha256; i++){
+		if(memcmp(rev->sha256[i], c->sha256, sizeof(c->sha256)) == 0){
+			return true;
+		}
+	}
+	for(i = 0; i < rev->n_serials; i++){
+		if(rev->serial_lens[i] == c->serial_len && memcmp(rev->serials[i], c->serial, c->serial_len) == 0){
+			return true;
+		}
+	}
+	return false;
+}
+
+
+size_t conn_doom_revoked(struct conn_table *t, const struct conn_revocations *rev)
+{
+	struct conn *c;
+	size_t i, n = 0;
+
+	if(t == NULL || rev == NULL || (rev->n_serials == 0 && rev->n_sha256 == 0)){
+		return 0;
+	}
+	for(i = 0; i < t->n_buckets; i++){
+		for(c = t->buckets[i]; c != NULL; c = c->next){
+			if(revoked_by(c, rev)){
+				n += conn_doom(t, c);
+			}
+		}
+	}
+	return n;
+}
+
+
+size_t conn_doom_class(struct conn_table *t, bool named)
+{
+	struct conn *c;
+	size_t i, n = 0;
+
+	if(t == NULL){
+		return 0;
+	}
+	for(i = 0; i < t->n_buckets; i++){
+		for(c = t->buckets[i]; c != NULL; c = c->next){
+			if(c->has_username == named){
+				n += conn_doom(t, c);
+			}
+		}
+	}
+	return n;
+}
+
+
+size_t conn_kick_doomed(struct conn_table *t, size_t max, size_t *failed)
+{
+	struct conn **p;
+	size_t i, kicked = 0;
+
+	*failed = 0;
+	if(t == NULL || t->doomed == 0){
+		return 0;
+	}
+	for(i = 0; i < t->n_buckets && kicked < max && t->doomed > 0; i++){
+		p = &t->buckets[i];
+		while(*p != NULL && kicked < max){
+			if(!(*p)->doomed){
+				p = &(*p)->next;
+				continue;
+			}
+			/* The record goes first: the kick's own DISCONNECT event finds nothing to drop. */
+			char *id = (*p)->client_id;
+			(*p)->client_id = NULL;
+			unlink_slot(t, p);
+			if(mosquitto_kick_client_by_clientid(id, false) != MOSQ_ERR_SUCCESS){
+				(*failed)++;
+			}
+			mosquitto_free(id);
+			kicked++;
+		}
+	}
+	return kicked;
+}
+
+
+size_t conn_count(const struct conn_table *t)
+{
+	return t != NULL ? t->count : 0;
+}
+
+
+size_t conn_doomed_count(const struct conn_table *t)
+{
+	return t != NULL ? t->doomed : 0;
+}

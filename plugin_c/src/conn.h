@@ -1,0 +1,78 @@
+/*
+ * The connections the plugin has seen, keyed by the broker's client pointer:
+ * what each one was verified by, and the certificate facts that revocation
+ * needs. Main thread only (checks, BASIC_AUTH, DISCONNECT and TICK all run
+ * there); memory comes from the broker's allocator, so `memory_limit` and
+ * $SYS heap figures count it.
+ *
+ * Why here and not in the daemon: the daemon keeps no per-session state, so
+ * that any daemon (after a restart, or one of several behind a target)
+ * answers every check the same way. The broker holds the sessions; this
+ * table is what lets it disconnect the ones a new policy revokes.
+ *
+ * A record is created at a client's first uncached check (or when policyd
+ * verifies its password at CONNECT) and dropped at its DISCONNECT. A record
+ * whose client id no longer matches its client is stale (a reused pointer)
+ * and is replaced, never trusted.
+ */
+#ifndef POLICYD_CONN_H
+#define POLICYD_CONN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <mosquitto.h>
+
+#define CONN_SERIAL_MAX 32   /* RFC 5280 allows 20 octets; longer ones are kept truncated */
+
+struct conn {
+	const struct mosquitto *client;
+	char *client_id;                      /* for kicks by client id */
+	bool has_username;
+	bool password_verified;               /* policyd verified its password at CONNECT */
+	bool has_certificate;
+	bool doomed;                          /* to be disconnected at the next TICK */
+	uint8_t serial_len;
+	unsigned char serial[CONN_SERIAL_MAX];  /* unsigned big-endian, no leading zeros */
+	unsigned char sha256[32];             /* of the certificate's DER */
+	struct conn *next;                    /* bucket chain */
+};
+
+struct conn_table;
+
+/* What the Watch stream says to disconnect, besides usernames. */
+struct conn_revocations {
+	size_t n_serials;
+	const unsigned char *const *serials;
+	const size_t *serial_lens;
+	size_t n_sha256;
+	const unsigned char *const *sha256;   /* 32 bytes each */
+};
+
+struct conn_table *conn_table_create(void);
+void conn_table_destroy(struct conn_table *t);
+
+/* The record of this client, created if needed. `cert` (an X509 *, may be
+ * NULL) fills the certificate facts of a new record. NULL only when out of
+ * memory or the client has no client id. */
+struct conn *conn_track(struct conn_table *t, const struct mosquitto *client, void *cert);
+/* The record of this client, or NULL. */
+struct conn *conn_find(struct conn_table *t, const struct mosquitto *client);
+void conn_drop(struct conn_table *t, const struct mosquitto *client);
+
+/* Marks for disconnection: one client; every client whose certificate a
+ * revocation list names; every client with (or without) a username.
+ * Returns how many were newly marked. */
+size_t conn_doom(struct conn_table *t, struct conn *c);
+size_t conn_doom_revoked(struct conn_table *t, const struct conn_revocations *rev);
+size_t conn_doom_class(struct conn_table *t, bool named);
+
+/* Disconnects up to `max` marked clients (by client id); returns how many
+ * kicks were attempted, with *failed the broker's refusals. */
+size_t conn_kick_doomed(struct conn_table *t, size_t max, size_t *failed);
+
+size_t conn_count(const struct conn_table *t);
+size_t conn_doomed_count(const struct conn_table *t);
+
+#endif

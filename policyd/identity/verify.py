@@ -1,0 +1,57 @@
+"""What an ACL check's provenance establishes about the client (stateless).
+
+Every uncached check carries what the broker verified about the client: its
+certificate (DER), or that policyd verified its password at CONNECT, or
+neither. From that alone, and the policy in force, the daemon works out the
+certificate attributes the rules may match, or why the connection must end.
+Nothing is remembered between checks, so any daemon gives the same answer,
+also right after a restart (docs/identity.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+from ..v1 import policy_pb2 as pb
+from .certificate import Refused, identify
+
+
+@dataclass(frozen=True)
+class CheckedClient:
+    """attributes: for the engine's Request (None: unknown, see engine.model.Request).
+    refusal: why this connection must not continue, or None."""
+
+    attributes: Optional[Mapping[str, tuple[str, ...]]]
+    refusal: Optional[Refused] = None
+
+
+NO_CERTIFICATE = CheckedClient({})
+UNKNOWN = CheckedClient(None)
+
+
+def checked_client(request: pb.CheckAclRequest, policy) -> CheckedClient:
+    """The client behind a CheckAcl request, as far as the request proves it."""
+    provenance = request.provenance
+    if provenance == pb.PROVENANCE_CERTIFICATE:
+        return _certificate_client(request, policy)
+    if provenance == pb.PROVENANCE_PASSWORD:
+        name = request.username.decode("utf-8", "replace") if request.has_username else ""
+        if name not in policy.identity.passwords:
+            return CheckedClient({}, Refused("password", "password entry no longer in the policy"))
+        return NO_CERTIFICATE
+    if provenance == pb.PROVENANCE_UNKNOWN:
+        return UNKNOWN
+    return NO_CERTIFICATE
+
+
+def _certificate_client(request: pb.CheckAclRequest, policy) -> CheckedClient:
+    broker_mode = request.identity_mode == pb.IDENTITY_MODE_BROKER
+    try:
+        ident = identify(request.certificate_der, policy.identity, source="cn" if broker_mode else None)
+    except Refused as refused:
+        return CheckedClient({}, refused)
+    if not request.has_username or request.username != ident.username.encode("utf-8"):
+        who = "Mosquitto's use_identity_as_username" if broker_mode else "policyd's identity mapping"
+        return CheckedClient({}, Refused("mismatch", f"username does not match the certificate under {who}"))
+    return CheckedClient(ident.attributes)
