@@ -39,13 +39,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .engine.model import identity_problem
 from .fileio import TempFileError, write_atomically
 
 __all__ = [
     "CertError",
     "IssuedPair",
     "KEY_TYPES",
-    "UNSAFE_CN_CHARS",
     "issue_ca",
     "issue_server",
     "issue_client",
@@ -66,7 +66,6 @@ CN_MAX_LEN = 64
 #: ``use_identity_as_username`` the CN is the MQTT username and is substituted
 #: for ``%u`` in ACL patterns: ``+`` and ``#`` would turn into topic wildcards,
 #: ``/`` would add topic levels, NUL truncates the name in C code.
-UNSAFE_CN_CHARS = frozenset("+#/\x00")
 
 CLOCK_SKEW = _dt.timedelta(minutes=5)
 SERIAL_BITS = 159
@@ -150,18 +149,11 @@ def _check_client_cn(cn: str, *, allow_unsafe_cn: bool) -> None:
     _check_cn_length(cn, "client")
     if allow_unsafe_cn:
         return
-    bad = sorted({c for c in cn if c in UNSAFE_CN_CHARS})
-    if bad:
+    why = identity_problem(cn)
+    if why:
         raise CertError(
-            f"client common name {cn!r} contains {', '.join(repr(c) for c in bad)}: "
-            "as an MQTT username (use_identity_as_username) it would act as a topic "
-            "wildcard/level separator in ACL patterns; refusing "
-            "(allow_unsafe_cn=True / --allow-unsafe-cn only for testing hostile identities)"
-        )
-    ctrl = sorted({c for c in cn if ord(c) < 0x20 or ord(c) == 0x7F})
-    if ctrl:
-        raise CertError(
-            f"client common name {cn!r} contains control characters; refusing "
+            f"client common name refused: {why}; as an MQTT username (use_identity_as_username) "
+            "it would widen topic access in ACL patterns "
             "(allow_unsafe_cn=True / --allow-unsafe-cn only for testing hostile identities)"
         )
 

@@ -8,6 +8,7 @@
 #ifndef POLICYD_POLICY_CLIENT_H
 #define POLICYD_POLICY_CLIENT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 

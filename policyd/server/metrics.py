@@ -95,6 +95,13 @@ class DaemonCollector:
             if key.startswith("auth.deny."):
                 connects.add_metric(["deny", key[len("auth.deny."):]], count)
         yield connects
+        refused = CounterMetricFamily("policyd_connections_refused", "Checks denied because the connection "
+                                      "itself is not acceptable (revoked, mismatched name, unbound client "
+                                      "id); the broker disconnects it", labels=["reason"])
+        for key, count in sorted(counts.items()):
+            if key.startswith("refused."):
+                refused.add_metric([key[len("refused."):]], count)
+        yield refused
 
     def _policy(self) -> Iterable:
         st = self.store.status()

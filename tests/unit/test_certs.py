@@ -503,6 +503,7 @@ def test_bad_days(tmp_path: Path, days: int):
         "site/dev1",
         "dev\x00evil",
         "dev\nuser admin",
+        "$SYS",  # the broker's own topics
         ".hidden",  # not a safe file name
         "..",
     ],
