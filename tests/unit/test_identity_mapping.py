@@ -268,7 +268,7 @@ def test_unknown_provenance_applies_every_certificates_deny_and_no_allow():
     from policyd.engine import Access, Request
     policy = _policy(b"certificates:\n  q:\n    match: {O: quarantine}\n    rules:\n      - {topic: 'plant/#', access: deny}\n"
                      b"  ops:\n    match: {OU: ops}\n    rules:\n      - {topic: 'ops/#', access: readwrite}\n"
-                     b"patterns:\n  - {topic: 'plant/#', access: readwrite}\n")
+                     b"users:\n  D1:\n    - {topic: 'plant/#', access: readwrite}\n")
     unknown = Request("D1", "c", "plant/x", Access.WRITE, None)
     assert not policy.decide(unknown).allowed
     assert policy.decide(Request("D1", "c", "plant/x", Access.WRITE, {})).allowed
