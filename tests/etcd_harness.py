@@ -111,15 +111,23 @@ class FleetDaemon(PolicyDaemon):
         return self
 
     def status(self) -> str:
+        """`policyd status` (the CLI: what an operator reads)."""
         proc = subprocess.run([*POLICYD, "status", "--address", self.admin_address], capture_output=True,
                               text=True, timeout=30, cwd=ROOT)
         return proc.stdout + proc.stderr
 
     def generation(self) -> int:
-        for line in self.status().splitlines():
-            if line.startswith("generation:"):
-                return int(line.split()[1])
-        return -1
+        """The generation in force, by the Admin.Status RPC (polled: no process per look)."""
+        import grpc
+
+        from policyd.v1 import policy_pb2 as pb
+        from policyd.v1 import policy_pb2_grpc as pb_grpc
+
+        with grpc.insecure_channel(self.admin_address) as channel:
+            try:
+                return pb_grpc.AdminStub(channel).Status(pb.StatusRequest(), timeout=5).generation
+            except grpc.RpcError:
+                return -1
 
 
 def fleet_cli(source: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
