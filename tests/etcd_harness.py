@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -116,8 +117,7 @@ class FleetDaemon(PolicyDaemon):
                               text=True, timeout=30, cwd=ROOT)
         return proc.stdout + proc.stderr
 
-    def generation(self) -> int:
-        """The generation in force, by the Admin.Status RPC (polled: no process per look)."""
+    def _status_rpc(self):
         import grpc
 
         from policyd.v1 import policy_pb2 as pb
@@ -125,9 +125,20 @@ class FleetDaemon(PolicyDaemon):
 
         with grpc.insecure_channel(self.admin_address) as channel:
             try:
-                return pb_grpc.AdminStub(channel).Status(pb.StatusRequest(), timeout=5).generation
+                return pb_grpc.AdminStub(channel).Status(pb.StatusRequest(), timeout=5)
             except grpc.RpcError:
-                return -1
+                return None
+
+    def generation(self) -> int:
+        """The generation in force, by the Admin.Status RPC (polled: no process per look)."""
+        status = self._status_rpc()
+        return status.generation if status is not None else -1
+
+    def revision(self) -> int:
+        """The etcd revision in force, as the status names it."""
+        status = self._status_rpc()
+        found = re.search(r"\(revision (\d+),", status.rules_file) if status is not None else None
+        return int(found.group(1)) if found else -1
 
 
 def fleet_cli(source: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -1,7 +1,8 @@
 """The fleet's keys in etcd, what each holds, and how a policy is built from them.
 
     <prefix>/policy/head            who changed what last; written by EVERY change, so its
-                                    mod_revision is the policy's revision: the generation
+                                    mod_revision is the policy's revision
+    <prefix>/policy/epoch           written once, by the first push: generation = epoch + revision
     <prefix>/policy/base            which pushed rules file is in force: {"sha256", "chunks", "size"}
     <prefix>/policy/devices/<name>  one device's change since that push: its own rules, or revoked
     <prefix>/blobs/<sha256>/<n>     the pushed rules file, in chunks under etcd's request limit
@@ -44,6 +45,10 @@ class Keys:
         return self._k("policy/head")
 
     @property
+    def epoch(self) -> bytes:
+        return self._k("policy/epoch")
+
+    @property
     def base(self) -> bytes:
         return self._k("policy/base")
 
@@ -62,6 +67,25 @@ class Keys:
 
     def device_name(self, key: bytes) -> Optional[str]:
         return key[len(self.devices):].decode() if key.startswith(self.devices) else None
+
+
+# The generation brokers see is EPOCH + revision, the epoch being the first push's time in
+# seconds times 10**6: every daemon at one revision announces one generation, the revision is
+# its last six digits, and it stays above a file source's generations (the clock in ms) and
+# above those of an etcd cluster rebuilt earlier (revisions start again at 1), so a shim,
+# whose generation only ever rises, keeps caching. Below 2**53: exact in metrics too.
+EPOCH_SCALE = 1_000_000
+
+
+def epoch_value(now: float) -> bytes:
+    return b"%d" % (int(now) * EPOCH_SCALE)
+
+
+def read_epoch(value: bytes | None) -> int:
+    try:
+        return max(0, int(value)) if value else 0
+    except ValueError:
+        return 0
 
 
 # -- values -------------------------------------------------------------------------------

@@ -11,12 +11,14 @@ import getpass
 import hashlib
 import json
 import socket
+import time
 from dataclasses import dataclass
 from typing import Optional
 
 from ..engine import PolicyLoadError, compile_policy, parse_text
 from .etcd import Etcd, EtcdError, delete, mod_revision_is, prefix_end, put
-from .layout import CHUNK_BYTES, BasePointer, Keys, base_value, device_value, head_value, read_device
+from .layout import (CHUNK_BYTES, BasePointer, Keys, base_value, device_value, epoch_value, head_value,
+                     read_device)
 
 DEVICE_RETRIES = 5      # device changes are independent: re-read the head and try again
 MAX_TXN_DEVICES = 120   # etcd's default --max-txn-ops is 128
@@ -69,7 +71,8 @@ class Fleet:
                            "meanwhile (policyd history)")
         sha256 = hashlib.sha256(data).hexdigest()
         chunks = self._write_chunks(sha256, data)
-        revision = self._commit(expected, [put(self.keys.base, base_value(sha256, chunks, len(data))),
+        first = [put(self.keys.epoch, epoch_value(time.time()))] if expected == 0 else []
+        revision = self._commit(expected, [*first, put(self.keys.base, base_value(sha256, chunks, len(data))),
                                            delete(self.keys.devices, prefix_end(self.keys.devices))],
                                 "push", file, sha256)
         self._drop_other_blobs(sha256)

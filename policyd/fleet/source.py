@@ -1,7 +1,7 @@
 """`policyd serve --source etcd://...`: the policy follows etcd, revision by revision.
 
 Start: read `<prefix>/policy/` at one revision (and the pushed file's chunks at that
-same revision), build, install with generation = that revision, then watch from
+same revision), build, install with generation = epoch + that revision (layout.py), then watch from
 the next one. A revision that changes only device entries is applied to the policy
 in force (no file is parsed, the other identities keep their compiled rules); one
 that points `base` elsewhere (a push, a rollback) is a full build. Either way the
@@ -32,7 +32,7 @@ from ..engine import CompiledPolicy, PolicyLoadError
 from ..fileio import write_atomically
 from . import FleetUnavailable
 from .etcd import Etcd, EtcdError
-from .layout import BasePointer, BaseUsers, DeviceEntry, Keys, build_policy, overlay, read_device
+from .layout import BasePointer, BaseUsers, DeviceEntry, Keys, build_policy, overlay, read_device, read_epoch
 
 log = logging.getLogger("policyd.fleet")
 
@@ -45,7 +45,7 @@ STATE_FORMAT = 1
 class FleetStatus:
     source: str
     connected: bool = False
-    revision: int = 0             # the revision in force (= the generation)
+    revision: int = 0             # the revision in force (generation = epoch + revision)
     base_sha256: str = ""
     devices: int = 0              # device entries on top of the pushed file
     since: float = 0.0            # when `connected` last changed
@@ -70,6 +70,7 @@ class FleetSource:
         self._watch = None
         self._thread: Optional[threading.Thread] = None
         self._watch_from = 0  # the next revision to apply
+        self._epoch = 0       # layout.EPOCH_SCALE: written by the first push
 
     # -- start and stop ---------------------------------------------------------------
 
@@ -149,15 +150,17 @@ class FleetSource:
             raise EtcdError(
                 f"nothing pushed under {self.status.source} yet: run `policyd push FILE --source ...`")
         devices = {self.keys.device_name(k): v for k, v in values.items() if k.startswith(self.keys.devices)}
-        if revision == self.status.revision and self.store.has_policy:
+        epoch = read_epoch(values.get(self.keys.epoch))
+        if revision == self.status.revision and epoch == self._epoch and self.store.has_policy:
             self._watch_from = at + 1
             return
         pointer = BasePointer.decode(values[self.keys.base])
-        if self._base is not None and pointer.sha256 == self._base.sha256:
+        if self._base is not None and pointer.sha256 == self._base.sha256 and epoch == self._epoch:
             changed = {n: v for n, v in devices.items() if self._devices.get(n) != v}
             removed = [n for n in self._devices if n not in devices]
             self._apply_devices(changed, removed, revision, "etcd catch-up")
         else:
+            self._epoch = epoch
             self._install_base(pointer, self._read_chunks(pointer, at), devices, revision, "etcd sync")
         self._watch_from = at + 1
 
@@ -206,6 +209,8 @@ class FleetSource:
             deleted = event.type == rpc.Event.DELETE
             if key == self.keys.base:
                 base_value = None if deleted else event.kv.value
+            elif key == self.keys.epoch and not deleted:
+                self._epoch = read_epoch(event.kv.value)  # a first push: it comes with a base
             elif name is not None:
                 if deleted:
                     removed.append(name)
@@ -267,7 +272,7 @@ class FleetSource:
 
     def _install(self, policy: CompiledPolicy, devices: dict[str, bytes], revision: int, trigger: str,
                  names) -> None:
-        self.store.install(policy.with_generation(revision), trigger, names)
+        self.store.install(policy.with_generation(self._epoch + revision), trigger, names)
         self._devices = devices
         self.status.revision, self.status.base_sha256 = revision, self._base.sha256
         self.status.devices = len(devices)
@@ -286,6 +291,7 @@ class FleetSource:
             if not base_path.exists():
                 write_atomically(base_path, self._base_data)
             state = {"format": STATE_FORMAT, "source": self.status.source, "revision": self.status.revision,
+                     "epoch": self._epoch,
                      "base": {"sha256": self._base.sha256, "chunks": self._base.chunks,
                               "size": self._base.size},
                      "devices": {n: v.decode() for n, v in self._devices.items()}}
@@ -314,6 +320,7 @@ class FleetSource:
                 raise ValueError("the saved file does not match its checksum")
             devices = {str(n): str(v).encode() for n, v in state["devices"].items()}
             revision = int(state["revision"])
+            self._epoch = int(state["epoch"])
         except FileNotFoundError:
             return False
         except (OSError, KeyError, TypeError, ValueError) as exc:

@@ -12,6 +12,7 @@ import pytest
 
 from etcd_harness import EtcdCluster, FleetDaemon, fleet_cli, revision_of
 from harness import Broker, BrokerConfig, Device, Pki, make_workdir, wait_for
+from policyd.fleet.layout import EPOCH_SCALE
 
 ADMINISTRATIVE_ACTION = 0x98
 NOT_AUTHORIZED = 0x87
@@ -59,8 +60,14 @@ class Fleet:
         return fleet_cli(self.source, *args)
 
     def wait_generation(self, revision: int, timeout: float = 10) -> None:
-        wait_for(lambda: all(d.generation() == revision for d in self.daemons), timeout,
+        """Both daemons at `revision`, announcing one generation that names it."""
+        wait_for(lambda: all(d.revision() == revision for d in self.daemons), timeout,
                  f"both daemons at revision {revision}", interval=0.1)
+        generations = {d.generation() for d in self.daemons}
+        assert len(generations) == 1 and generations.pop() % EPOCH_SCALE == revision
+
+    def revisions(self) -> list[int]:
+        return [d.revision() for d in self.daemons]
 
     def close(self) -> None:
         for dev in self.opened:
@@ -93,6 +100,8 @@ def no_disconnect(dev: Device, wait: float) -> bool:
 
 def test_every_daemon_announces_the_etcd_revision(fleet):
     fleet.wait_generation(fleet.revision)
+    # above any generation of a file source (the clock in ms): the shims' generation only rises
+    assert fleet.daemons[0].generation() > time.time() * 1000 * 100
     for broker in fleet.brokers:
         dev = fleet.device(broker, "Sensor1")
         assert dev.publish("/device/Sensor1/t", b"x") == 0
@@ -140,7 +149,7 @@ def test_device_set_and_reset_apply_incrementally(fleet):
 
 
 def test_rejected_changes_publish_nothing(fleet):
-    revision = fleet.daemons[0].generation()
+    revision = fleet.daemons[0].revision()
     bad = fleet.cli("device", "set", "Evil+", "#:readwrite")
     assert bad.returncode == 1 and "nothing published" in bad.stderr and "'+'" in bad.stderr
     bad = fleet.cli("device", "set", "Dev", "a/#/b:read")
@@ -149,14 +158,14 @@ def test_rejected_changes_publish_nothing(fleet):
     broken.write_text(RULES + "  - topic: /x/#/y\n    access: read\n")
     bad = fleet.cli("push", str(broken), "--expect-revision", str(revision))
     assert bad.returncode == 1 and "broken.yaml" in bad.stderr
-    assert [d.generation() for d in fleet.daemons] == [revision, revision]
+    assert fleet.revisions() == [revision, revision]
 
 
 def test_push_brings_both_brokers_to_one_generation(fleet):
     devs = [fleet.device(b, "Pusher") for b in fleet.brokers]
     for dev in devs:
         assert dev.publish("/fleet/Pusher", b"x") == NOT_AUTHORIZED
-    current = fleet.daemons[0].generation()
+    current = fleet.daemons[0].revision()
     v2 = fleet.dir / "rules-v2.yaml"
     v2.write_text(RULES_V2)
     # a push that does not say which revision it replaces is refused: no silent overwrite
@@ -198,7 +207,7 @@ def test_one_member_down_changes_nothing(fleet):
 
 
 def test_quorum_lost_checks_answered_pushes_fail(fleet):
-    revision = fleet.daemons[0].generation()
+    revision = fleet.daemons[0].revision()
     fleet.etcd.members[1].stop()  # one of three left: no quorum
     for broker in fleet.brokers:
         dev = fleet.device(broker, "Lonely")
@@ -207,16 +216,16 @@ def test_quorum_lost_checks_answered_pushes_fail(fleet):
     refused = fleet.cli("device", "revoke", "Lonely")
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert "nothing published" in refused.stderr and "etcd" in refused.stderr
-    assert [d.generation() for d in fleet.daemons] == [revision, revision]
+    assert fleet.revisions() == [revision, revision]
 
 
 def test_daemon_restarted_while_etcd_is_down_serves_the_saved_policy(fleet):
-    revision = fleet.daemons[0].generation()
+    revision, generation = fleet.daemons[0].revision(), fleet.daemons[0].generation()
     fleet.etcd.members[2].stop()  # etcd entirely down
     daemon = fleet.daemons[0]
     daemon.stop()
     daemon.start()
-    assert daemon.generation() == revision
+    assert daemon.generation() == generation and daemon.revision() == revision
     assert "UNREACHABLE" in daemon.status()
     # the broker reconnects to the restarted daemon; its answers come from the saved revision
     dev = fleet.device(fleet.brokers[0], "Restarted")
