@@ -361,48 +361,57 @@ static void record_call(struct policyd_plugin *plugin, const struct policy_check
 
 /* What travels with an uncached check besides the question: how the client was
  * verified and, when it has one, its certificate, so the daemon needs no memory
- * of the session. Returns the DER to OPENSSL_free, or NULL. */
-static unsigned char *attach_provenance(struct policyd_plugin *plugin, struct acl_subject *s)
+ * of the session. The certificate comes from the client's record (conn.c),
+ * made at its first check: also for its will, which Mosquitto checks after the
+ * TLS session is gone. */
+static void attach_provenance(struct policyd_plugin *plugin, struct acl_subject *s, struct conn *c)
 {
 	struct policy_check_request *r = &s->request;
-	struct conn *c = conn_find(plugin->conns, s->client);
-	unsigned char *der = NULL;
-	X509 *cert;
-	int n;
 
 	if(c != NULL && c->password_verified){
 		r->provenance = POLICY_PROVENANCE_PASSWORD;
-		return NULL;
-	}
-	/* Mosquitto checks a retained message's publisher with a stand-in client
-	 * that has no connection (and no address): nothing is known about it. */
-	if(mosquitto_client_address(s->client) == NULL){
+	}else if(c != NULL && c->der != NULL){
+		r->provenance = POLICY_PROVENANCE_CERTIFICATE;
+		r->certificate_der = c->der;
+		r->certificate_der_len = c->der_len;
+		r->identity_by_daemon = plugin->config.identity == IDENTITY_CERT;
+	}else if(c == NULL || c->has_certificate){
+		/* Mosquitto checks a retained message's publisher with a stand-in client
+		 * that has no connection; or the certificate could not be kept. */
 		r->provenance = POLICY_PROVENANCE_UNKNOWN;
+	}else{
+		r->provenance = POLICY_PROVENANCE_BROKER;
+	}
+}
+
+
+/* The client's record, made (with its certificate) at its first uncached
+ * check. NULL for a stand-in client without a connection (no address). */
+static struct conn *subject_conn(struct policyd_plugin *plugin, struct acl_subject *s)
+{
+	struct conn *c = conn_find(plugin->conns, s->client);
+	X509 *cert;
+
+	if(c != NULL && !c->offline){
+		return c;
+	}
+	if(mosquitto_client_address(s->client) == NULL){
 		return NULL;
 	}
-	r->provenance = POLICY_PROVENANCE_BROKER;
 	cert = mosquitto_client_certificate(s->client); /* a new reference, or NULL */
-	if(cert != NULL){
-		n = i2d_X509(cert, &der);
-		if(n > 0){
-			r->provenance = POLICY_PROVENANCE_CERTIFICATE;
-			r->certificate_der = der;
-			r->certificate_der_len = (size_t)n;
-			r->identity_by_daemon = plugin->config.identity == IDENTITY_CERT;
-		}else{
-			der = NULL; /* sent without it: the daemon then denies a certificate-only identity */
-		}
+	if(cert == NULL && c != NULL){
+		return c; /* offline: its will, decided with the certificate it connected with */
 	}
-	conn_track(plugin->conns, s->client, cert);
+	c = conn_track(plugin->conns, s->client, cert);
 	X509_free(cert);
-	return der;
+	return c;
 }
 
 
 /* The daemon said this connection must end (revoked, mismatched, unbound id). */
 static void doom_connection(struct policyd_plugin *plugin, struct acl_subject *s)
 {
-	if(conn_doom(plugin->conns, conn_track(plugin->conns, s->client, NULL)) > 0
+	if(conn_doom(plugin->conns, conn_find(plugin->conns, s->client)) > 0
 			&& log_limiter_admit(&plugin->limiters.denied)){
 		subject_render(s);
 		plog_admitted(&plugin->limiters.denied, MOSQ_LOG_NOTICE, "disconnecting client '%s' (user '%s'): "
@@ -414,13 +423,15 @@ static void doom_connection(struct policyd_plugin *plugin, struct acl_subject *s
 static int ask_daemon(struct policyd_plugin *plugin, struct acl_subject *s, int64_t now_ms)
 {
 	struct policy_check_result res;
-	unsigned char *der;
+	struct conn *c = subject_conn(plugin, s);
 	int rc;
 
-	der = attach_provenance(plugin, s);
+	if(c != NULL && c->doomed){
+		return on_rejected(plugin, s, "policyd ended this connection (revoked or refused)");
+	}
+	attach_provenance(plugin, s, c);
 	policy_client_check(plugin->client, &s->request, &res);
 	s->request.certificate_der = NULL;
-	OPENSSL_free(der);
 	record_call(plugin, &res);
 	switch(res.outcome){
 		case POLICY_ALLOW:
@@ -491,7 +502,7 @@ int acl_disconnect_callback(int event, void *event_data, void *userdata)
 	if(plugin == NULL || ed == NULL || ed->client == NULL || event != MOSQ_EVT_DISCONNECT){
 		return MOSQ_ERR_SUCCESS;
 	}
-	conn_drop(plugin->conns, ed->client);
+	conn_set_offline(plugin->conns, ed->client, monotonic_ms());
 	id.client_id = mosquitto_client_id(ed->client);
 	if(id.client_id == NULL){
 		return MOSQ_ERR_SUCCESS; /* nothing was cached for it: checks need a client id */

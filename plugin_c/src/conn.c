@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
@@ -19,7 +20,9 @@ struct conn_table {
 	struct conn **buckets;
 	size_t n_buckets;                     /* a power of two */
 	size_t count;
-	size_t doomed;
+	size_t doomed;                        /* live records marked doomed (to kick) */
+	struct conn *oldest, *newest;         /* offline records */
+	size_t offline;
 };
 
 
@@ -55,6 +58,7 @@ struct conn_table *conn_table_create(void)
 static void conn_free(struct conn *c)
 {
 	mosquitto_free(c->client_id);
+	mosquitto_free(c->der);
 	mosquitto_free(c);
 }
 
@@ -114,12 +118,31 @@ static struct conn **slot_of(struct conn_table *t, const struct mosquitto *clien
 }
 
 
+static void offline_unlink(struct conn_table *t, struct conn *c)
+{
+	if(c->older != NULL){
+		c->older->newer = c->newer;
+	}else{
+		t->oldest = c->newer;
+	}
+	if(c->newer != NULL){
+		c->newer->older = c->older;
+	}else{
+		t->newest = c->older;
+	}
+	c->older = c->newer = NULL;
+	t->offline--;
+}
+
+
 static void unlink_slot(struct conn_table *t, struct conn **p)
 {
 	struct conn *c = *p;
 
 	*p = c->next;
-	if(c->doomed){
+	if(c->offline){
+		offline_unlink(t, c);
+	}else if(c->doomed){
 		t->doomed--;
 	}
 	t->count--;
@@ -165,9 +188,20 @@ struct conn *conn_find(struct conn_table *t, const struct mosquitto *client)
 static void certificate_facts(struct conn *c, X509 *cert)
 {
 	const ASN1_INTEGER *serial = X509_get0_serialNumber(cert);
+	unsigned char *der = NULL;
 	unsigned int len = 0;
 	int n;
 
+	c->has_certificate = true; /* whatever follows: it had one, so its will is never "no certificate" */
+	n = i2d_X509(cert, &der);
+	if(n > 0 && n <= CONN_DER_MAX){
+		c->der = mosquitto_calloc(1, (size_t)n);
+		if(c->der != NULL){
+			memcpy(c->der, der, (size_t)n);
+			c->der_len = (size_t)n;
+		}
+	}
+	OPENSSL_free(der);
 	if(X509_digest(cert, EVP_sha256(), c->sha256, &len) != 1 || len != sizeof(c->sha256)){
 		return; /* no facts: revocation by the Watch stream cannot match it, checks still do */
 	}
@@ -181,7 +215,6 @@ static void certificate_facts(struct conn *c, X509 *cert)
 		c->serial_len = (uint8_t)(n > CONN_SERIAL_MAX ? CONN_SERIAL_MAX : n);
 		memcpy(c->serial, data, c->serial_len);
 	}
-	c->has_certificate = true;
 }
 
 
@@ -195,8 +228,11 @@ struct conn *conn_track(struct conn_table *t, const struct mosquitto *client, vo
 		return NULL;
 	}
 	c = conn_find(t, client);
-	if(c != NULL){
+	if(c != NULL && !(c->offline && cert != NULL)){
 		return c;
+	}
+	if(c != NULL){
+		conn_drop(t, client); /* a new connection at the same pointer and client id */
 	}
 	id = mosquitto_client_id(client);
 	if(id == NULL){
@@ -233,8 +269,49 @@ size_t conn_doom(struct conn_table *t, struct conn *c)
 		return 0;
 	}
 	c->doomed = true;
+	if(c->offline){
+		return 0; /* nothing to kick: its will is refused */
+	}
 	t->doomed++;
 	return 1;
+}
+
+
+void conn_set_offline(struct conn_table *t, const struct mosquitto *client, int64_t now_ms)
+{
+	struct conn *c = conn_find(t, client);
+
+	if(c == NULL || c->offline){
+		return;
+	}
+	if(c->doomed){
+		t->doomed--;
+	}
+	c->offline = true;
+	c->offline_since_ms = now_ms;
+	c->older = t->newest;
+	c->newer = NULL;
+	if(t->newest != NULL){
+		t->newest->newer = c;
+	}else{
+		t->oldest = c;
+	}
+	t->newest = c;
+	t->offline++;
+}
+
+
+void conn_sweep(struct conn_table *t, int64_t now_ms)
+{
+	struct conn *c;
+
+	if(t == NULL){
+		return;
+	}
+	while((c = t->oldest) != NULL
+			&& (t->offline > CONN_OFFLINE_MAX || now_ms - c->offline_since_ms > CONN_OFFLINE_KEEP_MS)){
+		conn_drop(t, c->client);
+	}
 }
 
 
@@ -288,7 +365,7 @@ size_t conn_doom_class(struct conn_table *t, bool named)
 	}
 	for(i = 0; i < t->n_buckets; i++){
 		for(c = t->buckets[i]; c != NULL; c = c->next){
-			if(c->has_username == named){
+			if(c->has_username == named && !c->offline){
 				n += conn_doom(t, c);
 			}
 		}
@@ -309,7 +386,7 @@ size_t conn_kick_doomed(struct conn_table *t, size_t max, size_t *failed)
 	for(i = 0; i < t->n_buckets && kicked < max && t->doomed > 0; i++){
 		p = &t->buckets[i];
 		while(*p != NULL && kicked < max){
-			if(!(*p)->doomed){
+			if(!(*p)->doomed || (*p)->offline){
 				p = &(*p)->next;
 				continue;
 			}
@@ -331,6 +408,12 @@ size_t conn_kick_doomed(struct conn_table *t, size_t max, size_t *failed)
 size_t conn_count(const struct conn_table *t)
 {
 	return t != NULL ? t->count : 0;
+}
+
+
+size_t conn_offline_count(const struct conn_table *t)
+{
+	return t != NULL ? t->offline : 0;
 }
 
 

@@ -11,9 +11,14 @@
  * table is what lets it disconnect the ones a new policy revokes.
  *
  * A record is created at a client's first uncached check (or when policyd
- * verifies its password at CONNECT) and dropped at its DISCONNECT. A record
- * whose client id no longer matches its client is stale (a reused pointer)
- * and is replaced, never trusted.
+ * verifies its password at CONNECT). At DISCONNECT it goes offline but stays:
+ * Mosquitto checks the client's will after the TLS session is closed, and the
+ * will must be decided with the certificate the client connected with (a
+ * revoked or quarantined device's will is refused like its publishes).
+ * Offline records are freed by conn_sweep() after CONN_OFFLINE_KEEP_MS, oldest
+ * first beyond CONN_OFFLINE_MAX. A record whose client id no longer matches
+ * its client is stale (a reused pointer) and is replaced, never trusted; an
+ * offline record is replaced when the client shows a live certificate again.
  */
 #ifndef POLICYD_CONN_H
 #define POLICYD_CONN_H
@@ -25,6 +30,9 @@
 #include <mosquitto.h>
 
 #define CONN_SERIAL_MAX 32   /* RFC 5280 allows 20 octets; longer ones are kept truncated */
+#define CONN_DER_MAX (16 * 1024)           /* larger certificates are not kept (their wills: unknown) */
+#define CONN_OFFLINE_KEEP_MS (15 * 60 * 1000) /* covers will delay intervals up to 15 min */
+#define CONN_OFFLINE_MAX 16384
 
 struct conn {
 	const struct mosquitto *client;
@@ -32,11 +40,16 @@ struct conn {
 	bool has_username;
 	bool password_verified;               /* policyd verified its password at CONNECT */
 	bool has_certificate;
-	bool doomed;                          /* to be disconnected at the next TICK */
+	bool doomed;                          /* refused: disconnected at the next TICK, every check denied */
+	bool offline;                         /* DISCONNECT seen; kept for its will */
+	int64_t offline_since_ms;
+	unsigned char *der;                   /* the certificate (DER), or NULL */
+	size_t der_len;
 	uint8_t serial_len;
 	unsigned char serial[CONN_SERIAL_MAX];  /* unsigned big-endian, no leading zeros */
 	unsigned char sha256[32];             /* of the certificate's DER */
 	struct conn *next;                    /* bucket chain */
+	struct conn *older, *newer;           /* offline records, in the order they went offline */
 };
 
 struct conn_table;
@@ -53,17 +66,23 @@ struct conn_revocations {
 struct conn_table *conn_table_create(void);
 void conn_table_destroy(struct conn_table *t);
 
-/* The record of this client, created if needed. `cert` (an X509 *, may be
- * NULL) fills the certificate facts of a new record. NULL only when out of
- * memory or the client has no client id. */
+/* The record of this client, created if needed (or replaced, when it is
+ * offline and `cert` is given). `cert` (an X509 *, may be NULL) fills the
+ * certificate facts and DER of a new record. NULL only when out of memory or
+ * the client has no client id. */
 struct conn *conn_track(struct conn_table *t, const struct mosquitto *client, void *cert);
+/* DISCONNECT: the record goes offline (no more kicks for it), kept for the will. */
+void conn_set_offline(struct conn_table *t, const struct mosquitto *client, int64_t now_ms);
+/* TICK: frees offline records past CONN_OFFLINE_KEEP_MS, or beyond CONN_OFFLINE_MAX. */
+void conn_sweep(struct conn_table *t, int64_t now_ms);
 /* The record of this client, or NULL. */
 struct conn *conn_find(struct conn_table *t, const struct mosquitto *client);
 void conn_drop(struct conn_table *t, const struct mosquitto *client);
 
-/* Marks for disconnection: one client; every client whose certificate a
- * revocation list names; every client with (or without) a username.
- * Returns how many were newly marked. */
+/* Marks as refused (live ones are disconnected at the next TICK; an offline
+ * one's will is refused): one client; every client whose certificate a
+ * revocation list names; every live client with (or without) a username.
+ * Returns how many live clients were newly marked. */
 size_t conn_doom(struct conn_table *t, struct conn *c);
 size_t conn_doom_revoked(struct conn_table *t, const struct conn_revocations *rev);
 size_t conn_doom_class(struct conn_table *t, bool named);
@@ -73,6 +92,7 @@ size_t conn_doom_class(struct conn_table *t, bool named);
 size_t conn_kick_doomed(struct conn_table *t, size_t max, size_t *failed);
 
 size_t conn_count(const struct conn_table *t);
+size_t conn_offline_count(const struct conn_table *t);
 size_t conn_doomed_count(const struct conn_table *t);
 
 #endif

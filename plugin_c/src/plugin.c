@@ -19,6 +19,7 @@
 #include "acl.h"
 #include "auth.h"
 #include "config.h"
+#include "conn.h"
 #include "logging.h"
 #include "plugin_state.h"
 #include "policy_client.h"
@@ -60,6 +61,7 @@ static int plugin_on_tick(int event, void *event_data, void *userdata)
 	(void)event_data;
 	if(plugin != NULL){
 		watch_on_tick(plugin->watch, plugin->conns);
+		conn_sweep(plugin->conns, monotonic_ms());
 		stats_on_tick(plugin, monotonic_ms());
 	}
 	return MOSQ_ERR_SUCCESS;

@@ -304,3 +304,28 @@ def test_two_daemons_behind_one_target_decide_as_one():
         for d in daemons:
             d.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _vanish(dev: Device) -> None:
+    """Drop the connection without DISCONNECT, as a device losing power does: its will is sent."""
+    dev.client.loop_stop()
+    dev.client.socket().close()
+
+
+def test_wills_are_decided_with_the_certificate_the_client_connected_with(stack):
+    # Mosquitto checks a will after the TLS session is closed: without the certificate kept
+    # by the plugin, a quarantined device's will would escape its certificates deny rule.
+    watcher = stack.device("admin", [(CN, "admin")], client_id="admin-will-watcher").connect()
+    assert watcher.subscribe("/device/#") == 1
+    normal = stack.device("WillOk", [(CN, "WillOk")])
+    normal.client.will_set("/device/WillOk/status", "gone", qos=1)
+    normal.connect()
+    quarantined = stack.device("WillQ", [(CN, "WillQ"), (O, "quarantine")])
+    quarantined.client.will_set("/device/WillQ/status", "gone", qos=1)
+    quarantined.connect()
+    assert quarantined.publish("/device/WillQ/x", "x") == NOT_AUTHORIZED
+    _vanish(quarantined)
+    _vanish(normal)
+    got = watcher.received(3)
+    assert ("/device/WillOk/status", b"gone") in got, got  # wills work
+    assert all(topic != "/device/WillQ/status" for topic, _ in got), got
