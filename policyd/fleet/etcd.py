@@ -136,11 +136,12 @@ class Etcd:
                 self._metadata = (("token", reply.token),)
             return self._metadata
 
-    def _call(self, method, request):
+    def _call(self, method, request, timeout_s: Optional[float] = None):
         """One unary call; an expired auth token is renewed once."""
         for attempt in (0, 1):
             try:
-                return method(request, timeout=self.timeout_s, metadata=self._auth_metadata(renew=attempt > 0))
+                return method(request, timeout=timeout_s or self.timeout_s,
+                              metadata=self._auth_metadata(renew=attempt > 0))
             except grpc.RpcError as exc:
                 if attempt == 0 and self._credentials.user and _token_expired(exc):
                     continue
@@ -149,10 +150,11 @@ class Etcd:
 
     # -- key-value ------------------------------------------------------------------
 
-    def range(self, key: bytes, range_end: bytes = b"", revision: int = 0, keys_only: bool = False):
+    def range(self, key: bytes, range_end: bytes = b"", revision: int = 0, keys_only: bool = False,
+              timeout_s: Optional[float] = None):
         """RangeResponse for [key, range_end) (or `key` alone) at `revision` (0: latest)."""
         return self._call(self._kv.Range, rpc.RangeRequest(key=key, range_end=range_end, revision=revision,
-                                                           keys_only=keys_only))
+                                                           keys_only=keys_only), timeout_s)
 
     def range_prefix(self, prefix: bytes, revision: int = 0):
         return self.range(prefix, prefix_end(prefix), revision)

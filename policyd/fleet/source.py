@@ -37,6 +37,9 @@ from .layout import BasePointer, BaseUsers, DeviceEntry, Keys, build_policy, ove
 log = logging.getLogger("policyd.fleet")
 
 RETRY_MIN_S, RETRY_MAX_S = 0.2, 5.0
+# A watch stays open on a member that lost quorum and then hears nothing: a quorum read this
+# often tells "no change" from "cut off", for status and metrics, and moves the watch.
+PROBE_EVERY_S = 2.0
 STATE_NAME = "fleet-state.json"
 STATE_FORMAT = 1
 
@@ -87,6 +90,8 @@ class FleetSource:
                         exc, self.status.revision)
         self._thread = threading.Thread(target=self._run, name="policyd-fleet", daemon=True)
         self._thread.start()
+        self._prober = threading.Thread(target=self._probe, name="policyd-fleet-probe", daemon=True)
+        self._prober.start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -113,6 +118,20 @@ class FleetSource:
                 delay = min(delay * 2, RETRY_MAX_S)
                 continue
             delay = RETRY_MIN_S
+
+    def _probe(self) -> None:
+        while not self._stop.wait(PROBE_EVERY_S):
+            if not self.status.connected:
+                continue  # _run is already retrying
+            try:
+                self.etcd.range(self.keys.head, timeout_s=PROBE_EVERY_S)  # linearizable: needs quorum
+            except EtcdError as exc:
+                if self._stop.is_set():
+                    return
+                self._set_connected(False, str(exc))
+                watch = self._watch
+                if watch is not None:
+                    watch.cancel()  # _run syncs again, from whichever member has the quorum
 
     def _set_connected(self, connected: bool, error: str = "") -> None:
         if connected != self.status.connected:

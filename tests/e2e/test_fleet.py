@@ -217,6 +217,9 @@ def test_quorum_lost_checks_answered_pushes_fail(fleet):
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert "nothing published" in refused.stderr and "etcd" in refused.stderr
     assert fleet.revisions() == [revision, revision]
+    # a watch can stay open on the member without quorum: the daemons' quorum reads notice
+    for daemon in fleet.daemons:
+        wait_for(lambda: "etcd UNREACHABLE" in daemon.status(), 15, "status naming the outage", interval=0.5)
 
 
 def test_daemon_restarted_while_etcd_is_down_serves_the_saved_policy(fleet):
