@@ -189,8 +189,9 @@ class UserRuleSets(Mapping[str, RuleSet]):
                 frozenset(topic for topic, access in rules if access == "deny"))
 
     def tables(self) -> tuple[dict, ...]:
-        """The per-identity tables, for CompiledPolicy.release_gradually."""
-        return (self._compiled, self._specs)
+        """The per-identity tables, for CompiledPolicy.retire: the sources first, so that
+        a check compiling meanwhile finds nothing to add and the memo only shrinks."""
+        return (self._specs, self._groups, self._compiled)
 
     @property
     def group_rules(self) -> Mapping[str, list[CompiledRule]]:
@@ -219,8 +220,26 @@ class CertificateRules:
         return cls(spec.name, tuple((a, frozenset(v)) for a, v in spec.match), RuleSet.of(spec.rules))
 
 
+class _Lifecycle:
+    """The one mutable bit of a compiled policy: set, never cleared, when it is retired."""
+
+    __slots__ = ("retired",)
+
+    def __init__(self) -> None:
+        self.retired = False
+
+
+# What a retired policy answers, whatever its tables still hold: a check that raced
+# the retirement is asked again of the policy in force (server/service.py).
+RETIRED = Decision(False, "retired-policy: this policy was replaced and answers nothing")
+
+
 @dataclass(frozen=True)
 class CompiledPolicy:
+    """Immutable once published. The per-identity rule sets are compiled on first use
+    (UserRuleSets), a memo that never changes an answer; `retire()` is the only other
+    change, and from its first step on every decision of this object is RETIRED."""
+
     source_file: str
     source_sha256: str
     superusers: frozenset[str]
@@ -237,6 +256,8 @@ class CompiledPolicy:
     # Each identity's block as the fast reader found it (empty otherwise): equal text, equal rules.
     user_sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     reader: str = field(default="yaml", compare=False)  # PolicySpec.reader: how the users were read
+    # Not copied by with_generation (init=False): each published object retires on its own.
+    lifecycle: _Lifecycle = field(default_factory=_Lifecycle, init=False, compare=False, repr=False)
 
     def rule_sets(self, ident: Identity, attributes=None) -> tuple[RuleSet, ...]:
         """The rule sets that apply to a client, in the order they are checked."""
@@ -263,13 +284,22 @@ class CompiledPolicy:
     def identity_count(self) -> int:
         return len(self.users) + sum(1 for name in self.superusers if name not in self.users)
 
-    def release_gradually(self, chunk: int = 1000) -> Iterator[None]:
-        """Empty the per-identity tables a chunk at a time, yielding between chunks.
+    @property
+    def retired(self) -> bool:
+        return self.lifecycle.retired
 
-        Only for a policy that nothing can reach any more (the caller proves it):
-        freeing 100,000 identities in one go is one C-level cascade of about
-        600,000 objects, some 40 ms during which no other thread can run.
+    def retire(self, chunk: int = 1000) -> Iterator[None]:
+        """Mark this policy retired, then empty its per-identity tables a chunk at
+        a time, yielding between chunks.
+
+        Freeing 100,000 identities in one go is one C-level cascade of about
+        600,000 objects, some 40 ms during which no other thread can run. The
+        mark comes first, so that a check still holding this object (nothing
+        proves none does) gets RETIRED from decide() instead of an answer from
+        half-emptied tables: with a user's own rules gone and its groups' still
+        there, a deny rule would vanish and a group's allow would decide.
         """
+        self.lifecycle.retired = True
         for table in (*self.users.tables(), self.user_sources):
             while table:
                 for _ in range(min(chunk, len(table))):
@@ -309,11 +339,15 @@ class CompiledPolicy:
                                    superusers=self.superusers if superusers is None else frozenset(superusers))
 
     def decide(self, request: Request) -> Decision:
-        return _evaluate(self, request, None)
+        decision = _evaluate(self, request, None)
+        # Read after the tables: a retirement that began during the decision is seen here.
+        return RETIRED if self.lifecycle.retired else decision
 
     def explain(self, request: Request) -> Decision:
         trace: list[TraceStep] = []
         decision = _evaluate(self, request, trace)
+        if self.lifecycle.retired:
+            return RETIRED
         return dataclasses.replace(decision, trace=tuple(trace))
 
 

@@ -1,44 +1,43 @@
-"""Freeing a replaced policy without stalling the checks.
+"""Freeing a replaced policy without stalling the checks, and without trusting
+anything to say nobody uses it any more.
 
 When the last reference to a 100,000-identity policy goes, CPython frees it in
 one cascade (about 40 ms, measured) during which no check can run. So a reload
-hands the policy it replaced to this thread instead, which waits until no check
-holds it any more (checks take `store.current` once and keep that object; only
-references can keep it alive, and none is added after the swap), then empties its
-tables in chunks, letting other threads run between chunks.
+hands the policy it replaced to this thread, which waits a grace period (checks
+take `store.current` once and finish in microseconds), then retires it:
+`CompiledPolicy.retire` marks it first and empties its tables in chunks after,
+letting other threads run between chunks. A check that still holds it anyway
+gets a denial from it, never an answer from half-emptied tables, and the
+service asks the policy in force again. Nothing here reads reference counts:
+their value is an implementation detail (Python 3.14 borrows references).
 """
 
 from __future__ import annotations
 
-import logging
 import queue
-import sys
 import threading
 import time
 
 from ..engine import CompiledPolicy
 
-log = logging.getLogger("policyd.retire")
-
-# References that are ours while we look: the local variable and getrefcount's argument.
-_OURS = 2
-# How long a check may keep an old policy before we stop waiting and drop it the plain way.
-HOLD_LIMIT_S = 10.0
+# How long a replaced policy stays whole: far longer than any check takes.
+GRACE_S = 1.0
 
 
 class PolicyRetirement:
-    def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[CompiledPolicy | threading.Event] = queue.SimpleQueue()
+    def __init__(self, grace_s: float = GRACE_S) -> None:
+        self.grace_s = grace_s
+        self._queue: queue.SimpleQueue[tuple[CompiledPolicy, float] | threading.Event] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
     def retire(self, policy: CompiledPolicy) -> None:
-        """Take over the caller's reference (the caller must not keep one)."""
+        """Retire `policy` after the grace period (nothing may publish it again)."""
         self._ensure_thread()
-        self._queue.put(policy)
+        self._queue.put((policy, time.monotonic() + self.grace_s))
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
-        """True once every policy handed over before this call has been dealt with."""
+        """True once every policy handed over before this call has been retired."""
         done = threading.Event()
         self._ensure_thread()
         self._queue.put(done)
@@ -52,17 +51,15 @@ class PolicyRetirement:
 
     def _run(self) -> None:
         while True:
-            policy = self._queue.get()
-            if isinstance(policy, threading.Event):
-                policy.set()
+            item = self._queue.get()
+            if isinstance(item, threading.Event):
+                item.set()
                 continue
-            deadline = time.monotonic() + HOLD_LIMIT_S
-            while sys.getrefcount(policy) > _OURS and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if sys.getrefcount(policy) <= _OURS:
-                for _ in policy.release_gradually():
-                    time.sleep(0)  # a check waiting for the interpreter gets it here
-            else:
-                log.debug("generation %d still referenced after %.0f s: freed in one go",
-                          policy.generation, HOLD_LIMIT_S)
+            policy, due = item
+            del item
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            for _ in policy.retire():
+                time.sleep(0)  # a check waiting for the interpreter gets it here
             del policy

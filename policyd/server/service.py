@@ -25,6 +25,10 @@ log = logging.getLogger("policyd.service")
 decisions_log = logging.getLogger("policyd.decisions")
 
 
+# Reloads in a row a check may race before it is denied (each retry takes the policy in force).
+RETIRED_RETRIES = 3
+
+
 class Counters:
     """Decision counts by outcome; a lock-free-enough dict behind a lock."""
 
@@ -87,11 +91,9 @@ class PolicyService(pb_grpc.PolicyServicer):
             return pb.CheckAclResponse(result=pb.RESULT_DENY, generation=policy.generation, rule="bad-request")
         username = request.username if request.has_username else None
         try:
-            client = checked_client(request, policy)
-            if client.refusal is not None:
-                return self._refused(request, access, client.refusal, policy.generation)
-            subject = Request(username, request.client_id, request.topic, access, client.attributes)
-            decision = policy.decide(subject)
+            policy, refusal, decision, scope = self._decided(request, username, access)
+            if refusal is not None:
+                return self._refused(request, access, refusal, policy.generation)
         except Exception:  # never let a bug become an allow, or an unanswered broker
             self.counters.add("error")
             self._log_decision(request, "error", access.name.lower(), "engine-error", policy.generation)
@@ -111,7 +113,7 @@ class PolicyService(pb_grpc.PolicyServicer):
             generation=policy.generation,
             cache_ttl_ms=self.cache_ttl_ms,
             rule=str(decision.rule) if decision.rule is not None else decision.reason,
-            cache_scope=self._scope(policy, subject, decision) if allowed == decision.allowed else b"",
+            cache_scope=scope if allowed == decision.allowed else b"",
             disconnect=decision.ends_session and not allowed,
         )
 
@@ -125,6 +127,23 @@ class PolicyService(pb_grpc.PolicyServicer):
         self._errors.warning(f"refused-{refused.kind}", "check for user=%s client=%s denied and its connection "
                              "ended: %s", _Printable(_username(request)), _Printable(request.client_id), refused)
         return pb.CheckAclResponse(result=pb.RESULT_DENY, generation=generation, rule=rule, disconnect=True)
+
+    def _decided(self, request: pb.CheckAclRequest, username, access: Access):
+        """(policy, refusal, decision, cache scope) from a policy that was in force throughout.
+        A check that raced a reload may hold the policy just retired (server/retire.py): that
+        one answers RETIRED, and the question goes to the policy in force instead."""
+        for _ in range(RETIRED_RETRIES):
+            policy = self.store.current
+            client = checked_client(request, policy)
+            if client.refusal is not None:
+                return policy, client.refusal, None, b""
+            subject = Request(username, request.client_id, request.topic, access, client.attributes)
+            decision = policy.decide(subject)
+            scope = self._scope(policy, subject, decision) if decision.allowed or not self.dry_run else b""
+            if not policy.retired:  # read after the scope: it reads the tables too
+                return policy, None, decision, scope
+        self._errors.warning("retired", "a check kept meeting retired policies: denied")
+        return policy, None, decision, b""
 
     def _scope(self, policy, subject: Request, decision) -> bytes:
         """The filter the answer provably holds for (empty: this topic only)."""

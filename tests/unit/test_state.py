@@ -142,40 +142,6 @@ def test_a_state_saved_for_another_rules_file_is_ignored(paths, caplog):
     assert f"it was saved for {rules}, not {other}" in caplog.text
 
 
-# --- replaced policies are freed a chunk at a time (server/retire.py) ------------
-
-def test_a_replaced_policy_is_freed_once_no_check_holds_it(tmp_path):
-    import gc
-    import weakref
-
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(ALL)
-    store = PolicyStore(str(rules))
-    store.start()
-    held = store.current                  # a check in flight keeps the policy it started with
-    policy, specs = weakref.ref(held), held.users.tables()[1]
-    rules.write_text(NO_A)
-    store.reload("test")
-    assert store._retirement.wait_idle(0.3) is False  # noqa: SLF001 - still waiting for `held`
-    assert allows(_Held(held), "A", "a/x") and len(held.users) == 2  # untouched while held
-    del held
-    gc.collect()
-    assert store._retirement.wait_idle(5)  # noqa: SLF001
-    assert policy() is None and specs == {}  # emptied chunk by chunk, then freed
-    assert allows(store, "B", "b/x") and not allows(store, "A", "a/x")
-
-
-def test_release_gradually_empties_the_tables_in_chunks():
-    from policyd.engine import compile_policy, parse_text
-
-    text = "users:\n" + "".join(f"  D{i}:\n    - {{topic: a/%u, access: read}}\n" for i in range(2500))
-    policy = compile_policy(parse_text(text.encode()))
-    policy.users.get("D1")
-    steps = list(policy.release_gradually(chunk=1000))
-    assert len(steps) == 1 + 3 + 3  # compiled (1 entry), specs (2,500), sources (2,500)
-    assert len(policy.users._specs) == 0 and not policy.user_sources  # noqa: SLF001
-
-
 class _Held:
     """`allows` for a policy object rather than a store."""
 
