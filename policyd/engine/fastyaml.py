@@ -79,6 +79,44 @@ def compose(text: str, *, interruptible: bool = False) -> yaml.Node | None:
         loader.dispose()
 
 
+def outside_the_schema(root: yaml.Node | None, text: str) -> Iterator[tuple[yaml.Node, str]]:
+    """Nodes the rules reader would read otherwise than `yaml.safe_load` does, each with why.
+
+    The reader takes every scalar as text or null, which is what safe_load does for
+    any plain or quoted scalar of a rules file once its own resolver's ints and
+    booleans are written back as text. It differs only where the document says
+    more than that: an alias (`*a`: the same node twice; a scalar alias would be read
+    as a copy), an explicit tag (`!!int`, `!!null x`, `!foo`), or a merge key (`<<`,
+    which safe_load expands). Each needs a character that a rules file otherwise
+    rarely has, so the walk only happens when one is there.
+    """
+    if root is None or not any(c in text for c in "*!<"):
+        return
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            yield node, "YAML aliases (*name) are not allowed in a rules file"
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            if node.tag not in (STR_TAG, NULL_TAG) or (node.tag == NULL_TAG and node.value not in NULL_WORDS):
+                yield node, f"YAML tag {node.tag} is not allowed in a rules file (write plain text)"
+        elif isinstance(node, yaml.SequenceNode):
+            if node.tag != SEQ_TAG:
+                yield node, f"YAML tag {node.tag} is not allowed in a rules file"
+            stack.extend(reversed(node.value))
+        else:
+            if node.tag != MAP_TAG:
+                yield node, f"YAML tag {node.tag} is not allowed in a rules file"
+            for key, value in reversed(node.value):
+                if isinstance(key, yaml.ScalarNode) and key.value == "<<" and not key.style:
+                    yield key, "YAML merge keys (<<) are not allowed in a rules file"
+                stack.append(value)
+                stack.append(key)
+
+
 def release(node: yaml.Node | None, chunk: int = 1000, _seen: set[int] | None = None) -> None:
     """Free a composed tree a chunk at a time, so that other threads run between
     chunks. Dropping 100,000 identities' nodes at once is one C-level cascade of

@@ -5,8 +5,11 @@ which builds a node tree carrying line/column marks and never constructs
 Python objects from tags. We walk that tree ourselves so that each problem
 names file, line, column and key. A `users` section in the regular form is
 read by fastusers.py instead (same result, several times faster on large
-files); any problem sends the whole file down the YAML path for reporting. Anchors/aliases are refused: they are the
-vehicle of "billion laughs" expansion and have no use in a rules file.
+files); any problem sends the whole file down the YAML path for reporting.
+Both read a file exactly as `yaml.safe_load` does, or refuse it: aliases (the
+vehicle of "billion laughs" expansion), explicit tags and merge keys are refused
+(fastyaml.outside_the_schema), and the fast reader leaves every file with a line
+break other than `\n` to the YAML path (tests/unit/test_one_grammar.py).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from ..identity.passwords import read_passwords
 from ..identity.spec import IdentitySpec, Revocations, read_identity, read_revoked
 from . import topics
 from .fastusers import Miss, read_users_section, rest_is_separate
-from .fastyaml import MAP_TAG, NULL_TAG, STR_TAG, compose, no_gc, release
+from .fastyaml import MAP_TAG, NULL_TAG, STR_TAG, compose, no_gc, outside_the_schema, release
 from .model import ACCESS_WORDS, UNSAFE_IDENTITY_CHARS, Problem, RuleSpec, SourceRef, identity_problem  # noqa: F401 - re-exported
 from .shadow import shadow_warnings
 from .templates import NEEDS_FILTER_CHECK, TEMPLATES, rule_filter_problem
@@ -404,7 +407,9 @@ def _parse(data: bytes, file: str, fast: bool, interruptible: bool) -> PolicySpe
     except yaml.YAMLError as exc:
         reader.error(None, "", f"YAML: {exc}")
         raise PolicyLoadError(reader.problems) from None
-    spec = reader.document(root, sha256)
+    for node, why in outside_the_schema(root, text):
+        reader.error(node, "", why)
+    spec = reader.document(root, sha256) if not reader.problems else None
     if interruptible:
         release(root)
     if spec is None:
@@ -428,6 +433,8 @@ def _parse_fast(text: str, file: str, sha256: str) -> PolicySpec | Miss:
         return Miss(0, "the rest of the file reaches into the users section")
     if any(isinstance(k, yaml.ScalarNode) and k.value == "users" for k, _ in root.value):
         return Miss(0, "a second `users` key")
+    if next(outside_the_schema(root, section.rest), None) is not None:
+        return Miss(0, "an alias, a tag or a merge key")
     reader = _Reader(file)
     spec = reader.document(root, sha256, users=section.users)
     if spec is None:
