@@ -19,6 +19,7 @@ from . import listen, sd_notify
 from .link_tls import LinkTls
 from .logs import DecisionLog, DecisionLogOptions
 from .service import AdminService, PolicyService
+from .generations import ClockGenerations
 from .state import StateDir
 from .store import PolicyStore
 from .watch_stream import MAX_STREAMS as MAX_WATCH_STREAMS
@@ -63,11 +64,12 @@ class Daemon:
     def __init__(self, opts: ServeOptions):
         self.opts = opts
         self.fleet = None  # policyd.fleet.source.FleetSource, when the policy follows etcd
-        if opts.fleet is not None:
+        if opts.fleet is not None:  # generations are etcd revisions (policyd.fleet)
             self.store = PolicyStore(opts.fleet.source)
             self.store.follows = opts.fleet.source
         else:
-            self.store = PolicyStore(opts.rules, StateDir(opts.state_dir, opts.rules) if opts.state_dir else None)
+            self.store = PolicyStore(opts.rules, StateDir(opts.state_dir, opts.rules) if opts.state_dir else None,
+                                     _generations(opts))
         self.policy_service = PolicyService(self.store, opts.cache_ttl_ms)
         self._servers: list[grpc.Server] = []
         self._unix_paths: list[str] = []
@@ -219,6 +221,19 @@ class Daemon:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+
+
+def _generations(opts: ServeOptions) -> ClockGenerations:
+    """Generations recorded in the state directory, else next to the broker socket (a
+    directory the daemon writes anyway), so that a restart never goes back (generations.py)."""
+    if opts.state_dir:
+        return ClockGenerations(os.path.join(opts.state_dir, "generation"), directory_mode=0o700)
+    endpoint = listen.parse(opts.listen)
+    if endpoint.is_unix:
+        return ClockGenerations(endpoint.unix_path + ".generation", directory_mode=0o755)
+    log.warning("no --state-dir: generations after a restart are ordered by the wall clock only "
+                "(a clock set back would reuse older numbers)")
+    return ClockGenerations()
 
 
 def serve(opts: ServeOptions) -> int:

@@ -24,6 +24,7 @@ from ..engine import (CompiledPolicy, PolicyLoadError, Problem, SourceRef, compi
                       read_rules_bytes)
 from ..engine.diff import usernames_to_kick, usernames_to_kick_among
 
+from .generations import ClockGenerations, Generations
 from .retire import PolicyRetirement
 
 if TYPE_CHECKING:
@@ -83,9 +84,11 @@ class StoreStatus:
 
 
 class PolicyStore:
-    def __init__(self, rules_file: str, state: "StateDir | None" = None):
+    def __init__(self, rules_file: str, state: "StateDir | None" = None,
+                 generations: Generations | None = None):
         self.rules_file = rules_file
         self.state = state                  # what survives a restart (server/state.py), if kept
+        self.generations = generations or ClockGenerations()  # server/generations.py
         self._retirement = PolicyRetirement()  # frees replaced policies without stalling checks
         self.state_errors = 0               # saves of that state that failed
         self._lock = threading.Lock()  # serialises reloads; readers never take it
@@ -94,6 +97,7 @@ class PolicyStore:
         self._last_problems: tuple[Problem, ...] = ()
         self.reloads_ok = 0
         self.reloads_failed = 0
+        self.reloads_unchanged = 0          # reloads of the bytes already in force: nothing swapped
         # For metrics (plain attributes, read without a lock).
         self.last_reload_seconds = 0.0      # daemon time of the last successful reload
         self.last_reload_ok = True          # False while the file on disk is rejected
@@ -116,13 +120,6 @@ class PolicyStore:
             raise RuntimeError("no policy loaded")
         return policy
 
-    def _next_generation(self) -> int:
-        # Monotonic within a process and, being based on the wall clock in ms,
-        # also higher after a daemon restart: a shim never mistakes new rules
-        # for an old generation it has cached.
-        previous = self._policy.generation if self._policy else 0
-        return max(previous + 1, int(time.time() * 1000))
-
     def start(self) -> ReloadOutcome:
         """The first load. With a state directory, the policy in force before the
         restart comes first: if the rules file is rejected it stays in force (last
@@ -137,6 +134,7 @@ class PolicyStore:
                           "it: %s", saved.generation, exc)
             else:
                 with self._lock:
+                    self.generations.resumed(saved.generation)
                     self._policy = previous.with_generation(saved.generation)
                     self._loaded_at = time.time()
                     self._history.extend(saved.swaps)
@@ -164,7 +162,8 @@ class PolicyStore:
         """Load, validate, swap. `quiet_failure`: a rejected file is neither
         recorded nor logged nor counted (the file watcher's first look at a
         file that may still be being written; it asks again, loudly, once the
-        file has stayed unchanged)."""
+        file has stayed unchanged). Bytes identical to the policy in force keep
+        its generation: no swap, no kicks, no cache of any broker flushed."""
         if self.follows is not None:
             generation = self._policy.generation if self._policy else 0
             return ReloadOutcome(False, generation, (Problem(SourceRef(self.follows, 0, 0, ""), (
@@ -173,6 +172,8 @@ class PolicyStore:
             started = time.perf_counter()
             try:
                 data = read_rules_bytes(self.rules_file)
+                if self._policy is not None and hashlib.sha256(data).hexdigest() == self._policy.source_sha256:
+                    return self._unchanged(trigger)
                 candidate = compile_policy(parse_text(data, self.rules_file, interruptible=True))
             except PolicyLoadError as exc:
                 if quiet_failure:
@@ -186,7 +187,8 @@ class PolicyStore:
                 log.error("reload (%s) rejected, keeping generation %d: %s", trigger, generation, exc)
                 return ReloadOutcome(False, generation, tuple(exc.problems), trigger)
             old = self._policy
-            policy = candidate.with_generation(self._next_generation())
+            policy = candidate.with_generation(
+                self.generations.next_after(self._policy.generation if self._policy else 0))
             self._policy = policy  # the atomic swap
             self._loaded_at = time.time()
             self._last_problems = ()
@@ -242,6 +244,20 @@ class PolicyStore:
                 self._retirement.retire(old)
                 del old
             return ReloadOutcome(True, policy.generation, (), trigger, kicks)
+
+    def _unchanged(self, trigger: str) -> ReloadOutcome:
+        """The file holds the policy in force (a SIGHUP without an edit, a file restored
+        after a rejected edit): nothing to swap; a rejected edit is no longer the news."""
+        generation = self._policy.generation
+        if not self.last_reload_ok:
+            log.info("reload (%s): %s is the policy in force again (generation %d); the rejected "
+                     "edit is gone", trigger, self.rules_file, generation)
+        else:
+            log.info("reload (%s): %s unchanged, generation %d kept", trigger, self.rules_file, generation)
+        self._last_problems = ()
+        self.last_reload_ok = True
+        self.reloads_unchanged += 1
+        return ReloadOutcome(True, generation, (), trigger)
 
     def _save_state(self, data: bytes, generation: int) -> None:
         """After the swap and the kicks: a slow disk delays nothing that matters."""
