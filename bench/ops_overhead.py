@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -79,6 +80,17 @@ FLAGS = {
 }
 
 
+def _group() -> list[str]:
+    """As root, the daemon refuses a socket the broker's user could not open."""
+    import pwd
+
+    try:
+        pwd.getpwnam("mosquitto")
+    except KeyError:
+        return []
+    return ["--socket-group", "mosquitto"] if os.geteuid() == 0 else []
+
+
 def start_daemon(name: str, tmp: Path):
     """`policyd serve` with this configuration's flags; (process, stub, channel)."""
     import subprocess
@@ -90,7 +102,7 @@ def start_daemon(name: str, tmp: Path):
     sock = tmp / f"{name}.sock"
     flags = [f.format(tmp=tmp) for f in FLAGS[name]]
     proc = subprocess.Popen([sys.executable, "-m", "policyd", "serve", "--rules", str(ROOT / "examples" / "rules.yaml"),
-                             "--listen", f"unix:{sock}", "--log-level", "error", *flags], cwd=ROOT)
+                             "--listen", f"unix:{sock}", "--log-level", "error", *flags, *_group()], cwd=ROOT)
     deadline = time.monotonic() + 15
     while not sock.exists():
         if time.monotonic() > deadline or proc.poll() is not None:
@@ -134,6 +146,7 @@ def main() -> int:
     logging.disable(logging.WARNING)  # dry-run's rate-limited line is not what is measured
     names = ["plain", "metrics", "log-deny", "log-all", "dry-run"]
     with tempfile.TemporaryDirectory() as tmpdir:
+        os.chmod(tmpdir, 0o755)  # the broker's user must be able to reach the socket
         tmp = Path(tmpdir)
         store = PolicyStore(str(ROOT / "examples" / "rules.yaml"))
         assert store.reload("bench").ok

@@ -206,7 +206,7 @@ def shim_rows(snapshot: Any) -> list[tuple[str, dict, float, Optional[bool]]]:
 
 
 class MetricsServer:
-    """A small HTTP server: /metrics, /healthz (alive), /readyz (policy loaded)."""
+    """A small HTTP server: /metrics, /healthz (alive), /readyz (a check over the socket is answered)."""
 
     def __init__(self, address: str, metrics: Metrics, ready: Callable[[], bool]):
         self.host, self.port = parse_listen(address)
@@ -259,7 +259,7 @@ def _handler_class(metrics: Metrics, ready: Callable[[], bool]):
                 self._reply(200, b"ok\n")
             elif path == "/readyz":
                 ok = ready()
-                self._reply(200 if ok else 503, b"ready\n" if ok else b"no policy loaded\n")
+                self._reply(200 if ok else 503, b"ready\n" if ok else b"not ready: no policy in force, or a check over the listen socket is not answered\n")
             else:
                 self._reply(404, b"not found: try /metrics, /healthz or /readyz\n")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import logging
 import os
 import signal
@@ -18,6 +19,7 @@ from ..v1 import policy_pb2_grpc as pb_grpc
 from . import listen, sd_notify
 from .link_tls import LinkTls
 from .logs import DecisionLog, DecisionLogOptions
+from .readiness import SocketProbe, broker_access_problem
 from .service import AdminService, PolicyService
 from .generations import ClockGenerations
 from .state import StateDir
@@ -53,6 +55,45 @@ class FleetOptions:
     credentials: object = None       # policyd.fleet.etcd.EtcdCredentials
 
 
+# Limits of the wire contract and of sense: every option is checked before anything starts.
+MAX_CACHE_TTL_MS = 24 * 3600 * 1000  # a day; CheckAclResponse.cache_ttl_ms is a uint32
+MAX_WORKERS = 1024
+
+
+def option_problems(opts: ServeOptions) -> list[str]:
+    """What is wrong with the options, each as one line naming the option."""
+    problems = []
+    if not 0 <= opts.cache_ttl_ms <= MAX_CACHE_TTL_MS:
+        problems.append(f"--cache-ttl-ms {opts.cache_ttl_ms}: must be 0 (no caching) to {MAX_CACHE_TTL_MS}")
+    if not 1 <= opts.workers <= MAX_WORKERS:
+        problems.append(f"--workers {opts.workers}: must be 1 to {MAX_WORKERS}")
+    if not 0 <= opts.socket_mode <= 0o777:
+        problems.append(f"--socket-mode {opts.socket_mode:o}: must be a permission mode such as 0660")
+    elif opts.socket_mode & 0o002:
+        problems.append(f"--socket-mode {opts.socket_mode:04o}: any local user could ask for decisions "
+                        "and read them; use --socket-group with 0660")
+    elif not opts.socket_mode & 0o200:
+        problems.append(f"--socket-mode {opts.socket_mode:04o}: nobody, not even the owner, could connect")
+    if opts.socket_group is not None:
+        try:
+            grp.getgrnam(opts.socket_group)
+        except KeyError:
+            problems.append(f"--socket-group {opts.socket_group!r}: no such group")
+    for flag, address in (("--listen", opts.listen), ("--admin-listen", opts.admin_listen)):
+        if address is not None:
+            try:
+                listen.parse(address)
+            except listen.ListenError as exc:
+                problems.append(f"{flag}: {exc}")
+    if not os.path.isfile(opts.rules):
+        problems.append(f"--rules {opts.rules}: no such file")
+    if opts.state_dir and os.path.exists(opts.state_dir) and not os.path.isdir(opts.state_dir):
+        problems.append(f"--state-dir {opts.state_dir}: exists and is not a directory")
+    if opts.decision_log is not None and opts.decision_log.sample_allows < 1:
+        problems.append("--decision-log-sample: must be at least 1")
+    return problems
+
+
 class Daemon:
     """The running daemon: a policy store and two gRPC servers.
 
@@ -79,6 +120,7 @@ class Daemon:
         self.metrics_server = None
         self.policy_service.dry_run = opts.dry_run
         self.watcher: Optional[RulesFileWatcher] = None
+        self.probe: Optional[SocketProbe] = None
 
     def start(self) -> None:
         if self.opts.fleet is not None:
@@ -101,6 +143,11 @@ class Daemon:
         self._start_operations()
         for server in self._servers:
             server.start()
+        self.probe = SocketProbe(endpoint, self._answer_in_process, tls=self.opts.tls is not None
+                                 and not endpoint.is_unix)
+        problem = self.probe.problem()
+        if problem is not None:
+            raise listen.ListenError(f"{problem}; brokers would be denied everything")
         self._serving = True
         if self.watcher is not None:
             self.watcher.start()
@@ -150,7 +197,12 @@ class Daemon:
         return self.policy_service.shims.snapshot()
 
     def ready(self) -> bool:
-        return self._serving and self.store.status().generation > 0
+        """A policy is in force and a check over the listen socket is answered."""
+        return (self._serving and self.store.status().generation > 0 and self.probe is not None
+                and self.probe.problem() is None)
+
+    def _answer_in_process(self, request):
+        return self.policy_service.CheckAcl(request, None)
 
     def _server(self, workers: Optional[int] = None) -> grpc.Server:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers or self.opts.workers),
@@ -170,6 +222,8 @@ class Daemon:
                 raise listen.ListenError(f"cannot listen on {endpoint.target}")
             self._unix_paths.append(endpoint.unix_path)
             listen.secure_unix_socket(endpoint.unix_path, mode, group)
+            if server is self._servers[0]:  # the broker's socket (the admin one is private)
+                self._check_broker_access(endpoint.unix_path)
             return
         if self.opts.tls is not None:  # mutual TLS: any address, only clients of the link CA
             if not server.add_secure_port(endpoint.target, self.opts.tls.server_credentials()):
@@ -181,6 +235,17 @@ class Daemon:
                 "use a unix socket or a loopback address")
         if not server.add_insecure_port(endpoint.target):
             raise listen.ListenError(f"cannot listen on {endpoint.target}")
+
+    def _check_broker_access(self, path: str) -> None:
+        """Refuse to start when the broker's user could not open the socket and we know who
+        that is: as root (the broker, started as root, drops to `mosquitto`) or with
+        --socket-group. Otherwise the broker may well run as this daemon's user: say it loudly."""
+        problem = broker_access_problem(path, self.opts.socket_group)
+        if problem is None:
+            return
+        if os.geteuid() == 0 or self.opts.socket_group is not None:
+            raise listen.ListenError(problem)
+        log.warning("%s (fine if the broker runs as this daemon's user)", problem)
 
     def request_reload(self) -> None:
         """Safe to call from a signal handler: the reload runs on the main loop."""
@@ -214,6 +279,8 @@ class Daemon:
             server.stop(grace=1.0).wait()
         if self.metrics_server is not None:
             self.metrics_server.stop()
+        if self.probe is not None:
+            self.probe.close()
         if self.policy_service.decision_log is not None:
             self.policy_service.decision_log.close()
         for path in self._unix_paths:
@@ -237,6 +304,11 @@ def _generations(opts: ServeOptions) -> ClockGenerations:
 
 
 def serve(opts: ServeOptions) -> int:
+    problems = option_problems(opts)
+    if problems:
+        for problem in problems:
+            log.error("not starting: %s", problem)
+        return 2
     daemon = Daemon(opts)
     # Before the first load: a SIGHUP while a large file loads must queue a reload, not end
     # the process (the default action), and SIGTERM must stop it once it has started.

@@ -4,7 +4,10 @@ import os
 import signal
 import subprocess
 
-from harness import POLICYD, ROOT, make_workdir, run_policyd, wait_for
+from harness import BROKER_USER, POLICYD, ROOT, broker_user_exists, make_workdir, run_policyd, wait_for
+
+# As root the daemon refuses a socket the broker's user could not open (server/readiness.py).
+GROUP = ["--socket-group", BROKER_USER] if os.geteuid() == 0 and broker_user_exists() else []
 
 # Large enough that the first load takes a noticeable time (the YAML path, on purpose).
 SLOW_RULES = "users:\n" + "".join(f"  D{i}: [{{topic: /device/%u/#, access: readwrite}}]\n" for i in range(60000))
@@ -18,7 +21,7 @@ def test_sighup_while_the_first_load_runs_queues_a_reload():
     admin = f"unix:{work}/admin.sock"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([*POLICYD, "serve", "--rules", str(rules), "--listen", f"unix:{work}/p.sock",
-                                 "--admin-listen", admin, "--no-watch"], stdout=log, stderr=subprocess.STDOUT,
+                                 "--admin-listen", admin, "--no-watch", *GROUP], stdout=log, stderr=subprocess.STDOUT,
                                 cwd=ROOT)
     try:
         wait_for(lambda: b"policyd starting" in log_path.read_bytes() or proc.poll() is not None, 30,
@@ -47,7 +50,7 @@ def test_systemd_hears_ready_once_the_daemon_answers_and_stopping_at_the_end(tmp
         manager.settimeout(30)
         env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock")}
         proc = subprocess.Popen([*POLICYD, "serve", "--rules", str(rules), "--listen", f"unix:{work}/p.sock",
-                                 "--admin-listen", admin, "--no-watch"], cwd=ROOT, env=env,
+                                 "--admin-listen", admin, "--no-watch", *GROUP], cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             ready = manager.recv(4096).decode().split("\n")
