@@ -29,7 +29,8 @@ def setup(tmp_path):
     store = PolicyStore(str(rules))
     assert store.reload("start").ok
     clock = Clock()
-    watcher = RulesFileWatcher(store, settle_s=SETTLE, clock=clock)
+    # Stat polling alone: the fallback, and what sees changes inotify does not report.
+    watcher = RulesFileWatcher(store, settle_s=SETTLE, clock=clock, use_inotify=False)
     return rules, store, watcher, clock
 
 
@@ -145,5 +146,65 @@ def test_thread_reloads_on_a_real_edit(setup):
         replace_by_rename(rules, OTHER)
         wait_for(lambda: store.status().generation > gen, 5, "watcher reload")
         assert "D2" in store.current.users
+    finally:
+        watcher.stop()
+
+
+# --- inotify: loaded when the writer is done --------------------------------------
+
+@pytest.fixture
+def notified(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(GOOD)
+    store = PolicyStore(str(rules))
+    assert store.reload("start").ok
+    clock = Clock()
+    watcher = RulesFileWatcher(store, settle_s=SETTLE, clock=clock)
+    if watcher._events is None:  # noqa: SLF001
+        pytest.skip("no inotify here")
+    yield rules, store, watcher, clock
+    watcher.stop()
+
+
+def test_a_slow_in_place_writer_is_never_loaded_before_it_closes(notified):
+    rules, store, watcher, clock = notified
+    gen = store.status().generation
+    full = OTHER + "  D3:\n    - {topic: x/#, access: read}\n"
+    with open(rules, "w") as fh:
+        fh.write(OTHER)  # a prefix that is a valid policy on its own
+        fh.flush()
+        for _ in range(4):  # long past the settle period
+            assert watcher.poll() is None
+            clock.now += SETTLE
+        assert watcher.writing and store.status().generation == gen
+        fh.write(full[len(OTHER):])
+    outcome = watcher.poll()
+    assert outcome.ok and "D3" in store.current.users and store.status().generation > gen
+
+
+def test_a_file_renamed_over_is_loaded_at_once(notified):
+    rules, store, watcher, clock = notified
+    replace_by_rename(rules, OTHER)
+    outcome = watcher.poll()  # no settle period: the rename says the writer is done
+    assert outcome is not None and outcome.ok and "D2" in store.current.users
+
+
+def test_a_symlink_swap_is_seen_by_the_stat_poll(notified, tmp_path):
+    rules, store, _, clock = notified
+    target = tmp_path / "v1.yaml"
+    target.write_text(GOOD)
+    link = tmp_path / "link.yaml"
+    link.symlink_to(target)
+    store = PolicyStore(str(link))
+    assert store.reload("start").ok
+    watcher = RulesFileWatcher(store, settle_s=SETTLE, clock=clock)
+    try:
+        new = tmp_path / "v2.yaml"
+        new.write_text(OTHER)
+        tmp_link = tmp_path / ".link.tmp"
+        tmp_link.symlink_to(new)
+        os.rename(tmp_link, link)  # what a ConfigMap update does, one level up
+        outcome = settle(watcher, clock, 2)
+        assert outcome is not None and outcome.ok and "D2" in store.current.users
     finally:
         watcher.stop()
