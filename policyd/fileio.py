@@ -10,12 +10,28 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
 
 class TempFileError(OSError):
     """The temporary file could not be created (`filename` names it)."""
+
+
+class NotRegularFileError(OSError):
+    """The target exists and is not a regular file (a device, a directory, a FIFO...):
+    renaming over it would replace it, e.g. /dev/null with a regular file."""
+
+
+def _refuse_non_regular(path: Path) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise NotRegularFileError(errno.EEXIST, f"{kind}: refusing to replace it", str(path))
 
 
 def write_atomically(path: Path, data: bytes, *, mode: int = 0o600, overwrite: bool = True,
@@ -25,9 +41,11 @@ def write_atomically(path: Path, data: bytes, *, mode: int = 0o600, overwrite: b
     `before_write(fd)` runs on the open temporary file (e.g. fchown); whatever it
     raises propagates. With `overwrite=False` the file is linked into place, which
     fails with FileExistsError if `path` appeared meanwhile. Raises OSError
-    (TempFileError for the temporary file); the temporary file never stays behind.
+    (TempFileError for the temporary file, NotRegularFileError when `path` is there and is
+    neither a regular file nor a symlink); the temporary file never stays behind.
     """
     path = Path(path)
+    _refuse_non_regular(path)
     directory = path.parent
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     flags |= getattr(os, "O_NOFOLLOW", 0)
@@ -54,6 +72,7 @@ def write_atomically(path: Path, data: bytes, *, mode: int = 0o600, overwrite: b
         finally:
             os.close(fd)
         if overwrite:
+            _refuse_non_regular(path)  # again: it may have appeared while we wrote
             os.replace(tmp, path)
             placed = True
         else:

@@ -194,6 +194,16 @@ class UserRuleSets(Mapping[str, RuleSet]):
         return (self._specs, self._groups, self._compiled)
 
     @property
+    def own_specs(self) -> dict[str, tuple[RuleSpec, ...]]:
+        """Identity -> its own rules in source form (the table itself: copy it to change it)."""
+        return self._specs
+
+    @property
+    def compiled(self) -> dict[str, RuleSet]:
+        """The rule sets compiled so far (the table itself)."""
+        return self._compiled
+
+    @property
     def group_rules(self) -> Mapping[str, list[CompiledRule]]:
         """Identity -> the rules its groups give it."""
         return self._groups
@@ -318,7 +328,7 @@ class CompiledPolicy:
         One device changed in a policy of 100,000: the other identities keep their specs
         and compiled sets (the tables are copied, never shared, so retiring either policy
         cannot empty the other's)."""
-        specs, compiled = dict(self.users.tables()[1]), dict(self.users.tables()[0])
+        specs, compiled = dict(self.users.own_specs), dict(self.users.compiled)
         user_sources = dict(self.user_sources)
         rule_count = self.rule_count
         for name, rules in entries.items():
@@ -334,7 +344,7 @@ class CompiledPolicy:
             else:
                 user_sources[name] = text
         users = UserRuleSets(specs, dict(self.users.group_rules))
-        users.tables()[0].update(compiled)
+        users.compiled.update(compiled)
         return dataclasses.replace(self, users=users, user_sources=user_sources, rule_count=rule_count,
                                    superusers=self.superusers if superusers is None else frozenset(superusers))
 

@@ -85,7 +85,7 @@ def option_problems(opts: ServeOptions) -> list[str]:
                 listen.parse(address)
             except listen.ListenError as exc:
                 problems.append(f"{flag}: {exc}")
-    if not os.path.isfile(opts.rules):
+    if opts.fleet is None and not os.path.isfile(opts.rules):
         problems.append(f"--rules {opts.rules}: no such file")
     if opts.state_dir and os.path.exists(opts.state_dir) and not os.path.isdir(opts.state_dir):
         problems.append(f"--state-dir {opts.state_dir}: exists and is not a directory")

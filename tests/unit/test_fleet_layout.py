@@ -66,7 +66,7 @@ def test_retiring_the_old_policy_leaves_the_new_one_whole():
     policy, base = build_policy(BASE, {}, "base")
     assert allowed(policy, "Alpha", "/device/Alpha/x")  # compiled once: the table is shared if copied wrongly
     changed = overlay(policy, base, {"Beta": entry("Beta", [("/b", "write")])}, ())
-    for _ in policy.release_gradually(chunk=1):
+    for _ in policy.retire(chunk=1):
         pass
     assert allowed(changed, "Alpha", "/device/Alpha/x") and allowed(changed, "Beta", "/b")
 
