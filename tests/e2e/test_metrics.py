@@ -82,7 +82,9 @@ class Stack:
 
     def decision_lines(self) -> list[dict]:
         text = self.decision_log.read_text() if self.decision_log.exists() else ""
-        return [json.loads(line) for line in text.splitlines()]
+        # Without the daemon's own readiness check (server/readiness.py), logged like any check.
+        return [e for line in text.splitlines()
+                if (e := json.loads(line)).get("client_id") != "policyd-readiness-probe"]
 
 
 @pytest.fixture(scope="module")
