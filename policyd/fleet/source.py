@@ -28,7 +28,7 @@ from typing import Optional
 
 from aetcd import rpc
 
-from ..engine import CompiledPolicy, PolicyLoadError
+from ..engine import CompiledPolicy, PolicyLoadError, Problem, SourceRef
 from ..fileio import write_atomically
 from . import FleetUnavailable
 from .etcd import Etcd, EtcdError
@@ -173,23 +173,31 @@ class FleetSource:
         if revision == self.status.revision and epoch == self._epoch and self.store.has_policy:
             self._watch_from = at + 1
             return
-        pointer = BasePointer.decode(values[self.keys.base])
-        if self._base is not None and pointer.sha256 == self._base.sha256 and epoch == self._epoch:
-            changed = {n: v for n, v in devices.items() if self._devices.get(n) != v}
-            removed = [n for n in self._devices if n not in devices]
-            self._apply_devices(changed, removed, revision, "etcd catch-up")
-        else:
-            self._epoch = epoch
-            self._install_base(pointer, self._read_chunks(pointer, at), devices, revision, "etcd sync")
+        try:
+            pointer = BasePointer.decode(values[self.keys.base])
+            if self._base is not None and pointer.sha256 == self._base.sha256 and epoch == self._epoch:
+                changed = {n: v for n, v in devices.items() if self._devices.get(n) != v}
+                removed = [n for n in self._devices if n not in devices]
+                self._apply_devices(changed, removed, revision, "etcd catch-up")
+            else:
+                data = self._read_chunks(pointer, at)
+                self._epoch = epoch
+                self._install_base(pointer, data, devices, revision, "etcd sync")
+        except PolicyLoadError as exc:
+            if not self.store.has_policy:
+                raise
+            # written by hand (push validates): etcd is fine, this revision is not
+            self.status.rejected += 1
+            log.error("etcd revision %d rejected, keeping revision %d: %s", revision, self.status.revision, exc)
         self._watch_from = at + 1
 
     def _read_chunks(self, pointer: BasePointer, revision: int) -> bytes:
         reply = self.etcd.range_prefix(self.keys.blob(pointer.sha256), revision)
         data = b"".join(kv.value for kv in sorted(reply.kvs, key=lambda kv: kv.key))
         if len(reply.kvs) != pointer.chunks or hashlib.sha256(data).hexdigest() != pointer.sha256:
-            raise EtcdError(
+            raise PolicyLoadError([Problem(SourceRef(f"etcd:{self.keys.prefix}/policy/base", 0, 0, ""), (
                 f"the pushed file {pointer.sha256[:12]} is incomplete in etcd at revision {revision} "
-                f"({len(reply.kvs)} of {pointer.chunks} chunks)")
+                f"({len(reply.kvs)} of {pointer.chunks} chunks)"))])
         return data
 
     def _follow(self) -> None:

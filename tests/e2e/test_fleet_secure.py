@@ -104,7 +104,8 @@ def test_daemon_follows_over_tls_with_its_certificate(secure):
     src = source(secure)
     login = [*secure.tls("policyd"), "--etcd-user", "policyd", "--etcd-password-file", str(secure.work / "password")]
     revision_of(fleet_cli(src, "push", str(secure.work / "rules.yaml"), *login))
-    daemon = FleetDaemon(secure.work / "daemon", src, *secure.tls("policyd"))  # CN policyd = etcd user
+    daemon = FleetDaemon(secure.work / "daemon", src, *secure.tls("policyd"),  # CN policyd = etcd user
+                         "--state-dir", str(secure.work / "state"))
     daemon.start()
     try:
         revision = revision_of(fleet_cli(src, "device", "set", "Extra", "/x/%u:write", *login))
@@ -117,5 +118,17 @@ def test_daemon_follows_over_tls_with_its_certificate(secure):
                                text=True, cwd=ROOT, timeout=30)
         assert "etcd reachable" in check.stdout
         assert "1 to kick: Sensor" in daemon.log()
+        # a base pointer written by hand to chunks that are not there: the revision is rejected,
+        # the policy in force stays, later device changes still apply, and a restart (a fresh
+        # sync of the same bad base) keeps serving the saved revision instead of failing
+        kept = daemon.revision()
+        secure.ctl("put", "/secure/fleet/policy/base", '{"sha256": "' + "ab" * 32 + '", "chunks": 2, "size": 9}')
+        wait_for(lambda: "rejected, keeping revision %d" % kept in daemon.log(), 10, "the bad base rejected")
+        assert daemon.revision() == kept
+        revision = revision_of(fleet_cli(src, "device", "set", "Later", "/l:write", *login))
+        wait_for(lambda: daemon.revision() == revision, 10, "a device change after the bad base", interval=0.1)
+        daemon.stop()
+        daemon.start()
+        assert daemon.revision() == revision and "etcd reachable" in daemon.status()
     finally:
         daemon.stop()
