@@ -493,6 +493,22 @@ int acl_check_callback(int event, void *event_data, void *userdata)
 }
 
 
+/* DISCONNECT comes before Mosquitto closes the socket and checks the will: the
+ * certificate is still readable here, so a client that made no check yet gets
+ * its record now, and its will is decided with its certificate. */
+static void connection_going_offline(struct policyd_plugin *plugin, struct mosquitto *client)
+{
+	X509 *cert;
+
+	if(conn_find(plugin->conns, client) == NULL && mosquitto_client_address(client) != NULL){
+		cert = mosquitto_client_certificate(client); /* a new reference, or NULL */
+		conn_track(plugin->conns, client, cert);
+		X509_free(cert);
+	}
+	conn_set_offline(plugin->conns, client, monotonic_ms());
+}
+
+
 int acl_disconnect_callback(int event, void *event_data, void *userdata)
 {
 	struct policyd_plugin *plugin = userdata;
@@ -502,7 +518,7 @@ int acl_disconnect_callback(int event, void *event_data, void *userdata)
 	if(plugin == NULL || ed == NULL || ed->client == NULL || event != MOSQ_EVT_DISCONNECT){
 		return MOSQ_ERR_SUCCESS;
 	}
-	conn_set_offline(plugin->conns, ed->client, monotonic_ms());
+	connection_going_offline(plugin, ed->client);
 	id.client_id = mosquitto_client_id(ed->client);
 	if(id.client_id == NULL){
 		return MOSQ_ERR_SUCCESS; /* nothing was cached for it: checks need a client id */

@@ -3,6 +3,7 @@
  * client pointer; grows by doubling, never shrinks below its start size.
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <openssl/crypto.h>
@@ -315,38 +316,127 @@ void conn_sweep(struct conn_table *t, int64_t now_ms)
 }
 
 
-static bool revoked_by(const struct conn *c, const struct conn_revocations *rev)
+struct conn_revocations *conn_revocations_create(void)
 {
-	size_t i;
+	return calloc(1, sizeof(struct conn_revocations));
+}
+
+
+void conn_revocations_free(struct conn_revocations *r)
+{
+	if(r != NULL){
+		free(r->sha256);
+		free(r->serials);
+		free(r);
+	}
+}
+
+
+/* Grows an array of `size`-byte items by doubling; false when full or out of memory. */
+static bool grow(void **items, size_t *cap, size_t n, size_t size)
+{
+	size_t want = *cap ? *cap * 2 : 64;
+	void *more;
+
+	if(n < *cap){
+		return true;
+	}
+	if(n >= CONN_REVOCATIONS_MAX){
+		return false;
+	}
+	more = realloc(*items, want * size);
+	if(more == NULL){
+		return false;
+	}
+	*items = more;
+	*cap = want;
+	return true;
+}
+
+
+bool conn_revocations_add_sha256(struct conn_revocations *r, const unsigned char *data, size_t len)
+{
+	if(len != 32 || !grow((void **)&r->sha256, &r->cap_sha256, r->n_sha256, sizeof(*r->sha256))){
+		return false;
+	}
+	memcpy(r->sha256[r->n_sha256++], data, 32);
+	return true;
+}
+
+
+bool conn_revocations_add_serial(struct conn_revocations *r, const unsigned char *data, size_t len)
+{
+	unsigned char *item;
+
+	while(len > 1 && data[0] == 0){
+		data++;
+		len--;
+	}
+	if(len == 0 || len > CONN_SERIAL_MAX
+			|| !grow((void **)&r->serials, &r->cap_serials, r->n_serials, sizeof(*r->serials))){
+		return false;
+	}
+	item = r->serials[r->n_serials++];
+	memset(item, 0, sizeof(*r->serials));
+	item[0] = (unsigned char)len;
+	memcpy(item + 1, data, len);
+	return true;
+}
+
+
+static int cmp_sha256(const void *a, const void *b)
+{
+	return memcmp(a, b, 32);
+}
+
+
+static int cmp_serial(const void *a, const void *b)
+{
+	return memcmp(a, b, CONN_SERIAL_MAX + 1);
+}
+
+
+void conn_revocations_sort(struct conn_revocations *r)
+{
+	if(r->n_sha256 > 1){
+		qsort(r->sha256, r->n_sha256, sizeof(*r->sha256), cmp_sha256);
+	}
+	if(r->n_serials > 1){
+		qsort(r->serials, r->n_serials, sizeof(*r->serials), cmp_serial);
+	}
+}
+
+
+static bool revoked_by(const struct conn *c, const struct conn_revocations *r)
+{
+	unsigned char serial[CONN_SERIAL_MAX + 1] = {0};
 
 	if(!c->has_certificate){
 		return false;
 	}
-	for(i = 0; i < rev->n_sha256; i++){
-		if(memcmp(rev->sha256[i], c->sha256, sizeof(c->sha256)) == 0){
-			return true;
-		}
+	if(r->n_sha256 > 0 && bsearch(c->sha256, r->sha256, r->n_sha256, sizeof(*r->sha256), cmp_sha256)){
+		return true;
 	}
-	for(i = 0; i < rev->n_serials; i++){
-		if(rev->serial_lens[i] == c->serial_len && memcmp(rev->serials[i], c->serial, c->serial_len) == 0){
-			return true;
-		}
+	if(r->n_serials == 0 || c->serial_len == 0){
+		return false;
 	}
-	return false;
+	serial[0] = c->serial_len;
+	memcpy(serial + 1, c->serial, c->serial_len);
+	return bsearch(serial, r->serials, r->n_serials, sizeof(*r->serials), cmp_serial) != NULL;
 }
 
 
-size_t conn_doom_revoked(struct conn_table *t, const struct conn_revocations *rev)
+size_t conn_doom_revoked(struct conn_table *t, const struct conn_revocations *r)
 {
 	struct conn *c;
 	size_t i, n = 0;
 
-	if(t == NULL || rev == NULL || (rev->n_serials == 0 && rev->n_sha256 == 0)){
+	if(t == NULL || r == NULL || (r->n_serials == 0 && r->n_sha256 == 0)){
 		return 0;
 	}
 	for(i = 0; i < t->n_buckets; i++){
 		for(c = t->buckets[i]; c != NULL; c = c->next){
-			if(revoked_by(c, rev)){
+			if(revoked_by(c, r)){
 				n += conn_doom(t, c);
 			}
 		}

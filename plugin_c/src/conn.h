@@ -54,14 +54,24 @@ struct conn {
 
 struct conn_table;
 
-/* What the Watch stream says to disconnect, besides usernames. */
+/* A certificate revocation list, as the Watch stream delivers it: built on
+ * the watch thread (libc allocator: the broker's is not thread-safe), sorted,
+ * then matched on the main thread in O(log n) per connection. */
 struct conn_revocations {
-	size_t n_serials;
-	const unsigned char *const *serials;
-	const size_t *serial_lens;
-	size_t n_sha256;
-	const unsigned char *const *sha256;   /* 32 bytes each */
+	unsigned char (*sha256)[32];
+	size_t n_sha256, cap_sha256;
+	unsigned char (*serials)[CONN_SERIAL_MAX + 1];  /* [0]: length, then the bytes, zero-padded */
+	size_t n_serials, cap_serials;
 };
+
+#define CONN_REVOCATIONS_MAX 200000     /* entries; the daemon refuses lists over 100,000 */
+
+struct conn_revocations *conn_revocations_create(void);
+/* false when the entry is malformed or the list is full (the list is then unusable) */
+bool conn_revocations_add_sha256(struct conn_revocations *r, const unsigned char *data, size_t len);
+bool conn_revocations_add_serial(struct conn_revocations *r, const unsigned char *data, size_t len);
+void conn_revocations_sort(struct conn_revocations *r);
+void conn_revocations_free(struct conn_revocations *r);
 
 struct conn_table *conn_table_create(void);
 void conn_table_destroy(struct conn_table *t);
@@ -84,7 +94,7 @@ void conn_drop(struct conn_table *t, const struct mosquitto *client);
  * revocation list names; every live client with (or without) a username.
  * Returns how many live clients were newly marked. */
 size_t conn_doom(struct conn_table *t, struct conn *c);
-size_t conn_doom_revoked(struct conn_table *t, const struct conn_revocations *rev);
+size_t conn_doom_revoked(struct conn_table *t, const struct conn_revocations *sorted);
 size_t conn_doom_class(struct conn_table *t, bool named);
 
 /* Disconnects up to `max` marked clients (by client id); returns how many

@@ -62,7 +62,10 @@ struct kick_queue {
 /* Disconnections by certificate or by class, from the latest events; taken
  * by the main thread, which matches them against the connections it has. */
 struct pending_dooms {
-	Policyd__V1__PolicyEvent *revocations;   /* the latest list (an unpacked event), or NULL */
+	struct conn_revocations *building;    /* chunks of a list still arriving */
+	uint64_t building_generation;
+	uint32_t next_chunk;
+	struct conn_revocations *complete;    /* the latest whole list, sorted, or NULL */
 	bool all_named;
 	bool anonymous;
 };
@@ -169,6 +172,44 @@ static void generation_raise(_Atomic uint64_t *generation, uint64_t seen)
 }
 
 
+/* Under lock. A list arrives as chunks 0..n-1 of one generation, in order; a
+ * gap, a malformed entry or an oversized list drops what was gathered (the
+ * next stream or reload sends the whole list again). */
+static void revocations_add_chunk(struct policyd_watch *w, const Policyd__V1__PolicyEvent *ev)
+{
+	struct pending_dooms *d = &w->dooms;
+	uint32_t chunks = ev->revocation_chunks ? ev->revocation_chunks : 1;
+	bool ok;
+	size_t i;
+
+	if(ev->revocation_chunk == 0){
+		conn_revocations_free(d->building);
+		d->building = conn_revocations_create();
+		d->building_generation = ev->generation;
+		d->next_chunk = 0;
+	}
+	ok = d->building != NULL && ev->revocation_chunk == d->next_chunk && ev->generation == d->building_generation;
+	for(i = 0; ok && i < ev->n_revoked_serials; i++){
+		ok = conn_revocations_add_serial(d->building, ev->revoked_serials[i].data, ev->revoked_serials[i].len);
+	}
+	for(i = 0; ok && i < ev->n_revoked_sha256; i++){
+		ok = conn_revocations_add_sha256(d->building, ev->revoked_sha256[i].data, ev->revoked_sha256[i].len);
+	}
+	if(!ok){
+		conn_revocations_free(d->building);
+		d->building = NULL;
+		w->stats.bad_events++;
+		return;
+	}
+	if(++d->next_chunk == chunks){
+		conn_revocations_sort(d->building);
+		conn_revocations_free(d->complete);
+		d->complete = d->building;
+		d->building = NULL;
+	}
+}
+
+
 static bool event_apply(struct policyd_watch *w, grpc_byte_buffer *buf)
 {
 	Policyd__V1__PolicyEvent *ev;
@@ -208,17 +249,10 @@ static bool event_apply(struct policyd_watch *w, grpc_byte_buffer *buf)
 	w->dooms.all_named |= ev->kick_all_named;
 	w->dooms.anonymous |= ev->kick_anonymous;
 	if(ev->has_revocations){
-		/* Keep the whole event: its arrays are the list, freed with it. */
-		if(w->dooms.revocations != NULL){
-			policyd__v1__policy_event__free_unpacked(w->dooms.revocations, NULL);
-		}
-		w->dooms.revocations = ev;
-		ev = NULL;
+		revocations_add_chunk(w, ev);
 	}
 	pthread_mutex_unlock(&w->lock);
-	if(ev != NULL){
-		policyd__v1__policy_event__free_unpacked(ev, NULL);
-	}
+	policyd__v1__policy_event__free_unpacked(ev, NULL);
 	return true;
 }
 
@@ -481,9 +515,8 @@ static void watch_free(struct policyd_watch *w)
 		}
 		free(w->queue.names);
 	}
-	if(w->dooms.revocations != NULL){
-		policyd__v1__policy_event__free_unpacked(w->dooms.revocations, NULL);
-	}
+	conn_revocations_free(w->dooms.building);
+	conn_revocations_free(w->dooms.complete);
 	grpc_slice_unref(w->method);
 	free(w->broker_id);
 	pthread_cond_destroy(&w->wake);
@@ -641,28 +674,6 @@ static void kick_all(struct policyd_watch *w, char **names, size_t n)
 }
 
 
-/* Marks the connections a revocation list names. */
-static size_t doom_revoked(struct conn_table *conns, const Policyd__V1__PolicyEvent *ev)
-{
-	const unsigned char *serials[ev->n_revoked_serials ? ev->n_revoked_serials : 1];
-	size_t serial_lens[ev->n_revoked_serials ? ev->n_revoked_serials : 1];
-	const unsigned char *prints[ev->n_revoked_sha256 ? ev->n_revoked_sha256 : 1];
-	struct conn_revocations rev = {.serials = serials, .serial_lens = serial_lens, .sha256 = prints};
-	size_t i;
-
-	for(i = 0; i < ev->n_revoked_serials; i++){
-		serials[rev.n_serials] = ev->revoked_serials[i].data;
-		serial_lens[rev.n_serials++] = ev->revoked_serials[i].len;
-	}
-	for(i = 0; i < ev->n_revoked_sha256; i++){
-		if(ev->revoked_sha256[i].len == 32){
-			prints[rev.n_sha256++] = ev->revoked_sha256[i].data;
-		}
-	}
-	return conn_doom_revoked(conns, &rev);
-}
-
-
 /* Main thread: certificate revocations and class kicks become marked
  * connections, then up to KICKS_PER_TICK of those are disconnected. */
 static void apply_dooms(struct policyd_watch *w, struct conn_table *conns)
@@ -672,12 +683,13 @@ static void apply_dooms(struct policyd_watch *w, struct conn_table *conns)
 
 	pthread_mutex_lock(&w->lock);
 	dooms = w->dooms;
-	memset(&w->dooms, 0, sizeof(w->dooms));
+	w->dooms.complete = NULL;
+	w->dooms.all_named = w->dooms.anonymous = false;
 	pthread_mutex_unlock(&w->lock);
 
-	if(dooms.revocations != NULL){
-		marked += doom_revoked(conns, dooms.revocations);
-		policyd__v1__policy_event__free_unpacked(dooms.revocations, NULL);
+	if(dooms.complete != NULL){
+		marked += conn_doom_revoked(conns, dooms.complete);
+		conn_revocations_free(dooms.complete);
 	}
 	if(dooms.all_named){
 		marked += conn_doom_class(conns, true);

@@ -130,11 +130,8 @@ class Request:
     topic: str | bytes
     access: Access
     # Certificate subject attributes, e.g. {"OU": ("sensors",)}: matched by the
-    # `certificates:` section. Empty: the client has no certificate. None: it is
-    # not known whether it has one (a check for a retained message's publisher,
-    # who is not connected): then every `certificates` deny rule applies and no
-    # `certificates` allow rule does.
-    attributes: Optional[Mapping[str, tuple[str, ...]]] = field(default_factory=dict, compare=False, hash=False)
+    # `certificates:` section. Empty: no certificate is known for the client.
+    attributes: Mapping[str, tuple[str, ...]] = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass(frozen=True)

@@ -261,7 +261,6 @@ class CompiledPolicy:
     certificates: tuple[CertificateRules, ...] = ()
     # (attribute, value) -> indexes into `certificates` of the entries accepting it
     certificate_index: dict[tuple[str, str], tuple[int, ...]] = field(default_factory=dict)
-    certificate_denies: RuleSet = field(default_factory=lambda: EMPTY)  # every entry's deny rules
     identity: IdentityPolicy = IdentityPolicy()  # Authenticate's settings (policyd.identity)
     # Each identity's block as the fast reader found it (empty otherwise): equal text, equal rules.
     user_sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -277,10 +276,7 @@ class CompiledPolicy:
         return (own, *self.certificate_rule_sets(attributes), self.patterns)
 
     def certificate_rule_sets(self, attributes) -> tuple[RuleSet, ...]:
-        """Rule sets of the entries these attributes match, in file order; with
-        attributes unknown (None), the deny rules of every entry."""
-        if attributes is None:
-            return (self.certificate_denies,) if self.certificate_denies.denies else ()
+        """Rule sets of the entries these attributes match, in file order."""
         if not attributes or not self.certificate_index:
             return ()
         found: set[int] = set()
@@ -391,7 +387,6 @@ def _compile(spec: PolicySpec) -> CompiledPolicy:
         rule_count=rule_count,
         certificates=certificates,
         certificate_index={k: tuple(v) for k, v in index.items()},
-        certificate_denies=RuleSet(denies=tuple(r for c in certificates for r in c.rules.denies)),
         identity=IdentityPolicy(spec.identity, spec.revoked, spec.passwords),
         user_sources=spec.user_sources,
         reader=spec.reader,
@@ -417,9 +412,9 @@ def _evaluate(policy: CompiledPolicy, request: Request, trace: Optional[list[Tra
     except topics.TopicError as exc:
         return Decision(False, f"invalid-topic: {exc}")
     ident = Identity.of(request.username, request.clientid)
-    if ident.username_safe and not _client_id_bound(policy, ident):
-        return Decision(False, "client-id-not-bound: identity.client_id does not allow this client id "
-                        "for this identity", ends_session=True)
+    unbound = _client_id_problem(policy, ident)
+    if unbound:
+        return Decision(False, f"client-id-not-bound: {unbound}", ends_session=True)
     if ident.username_safe and ident.username in policy.superusers:
         return Decision(True, "superuser")
 
@@ -444,9 +439,11 @@ def _evaluate(policy: CompiledPolicy, request: Request, trace: Optional[list[Tra
     return Decision(False, "default-deny: no rule grants this")
 
 
-def _client_id_bound(policy: CompiledPolicy, ident: Identity) -> bool:
+def _client_id_problem(policy: CompiledPolicy, ident: Identity) -> Optional[str]:
     spec = policy.identity.spec
-    return not spec.client_ids or (ident.clientid is not None and spec.client_id_bound(ident.username, ident.clientid))
+    if not spec.client_ids:
+        return None
+    return spec.client_id_problem(ident.username if ident.username_safe else None, ident.clientid)
 
 
 def _deny_verdict(rule: CompiledRule, ident: Identity, access: Access,

@@ -82,8 +82,9 @@ def _check_client_id(policy, username: str, client_id: bytes) -> None:
         cid = client_id.decode("utf-8")
     except UnicodeDecodeError:
         cid = None
-    if cid is None or not spec.client_id_bound(username, cid):
-        raise Refused("client-id", f"client id is not one identity {username!r} may use (identity.client_id)")
+    why = spec.client_id_problem(username, cid)
+    if why:
+        raise Refused("client-id", why)
 
 
 def _peer(request: pb.AuthenticateRequest, peer: str) -> str:

@@ -5,7 +5,7 @@
       template: "{O}-{CN}"    # only with source: template
       issuers: [ca.pem]       # optional pin: the certificate must be signed directly by one of these
       check_expiry: true      # refuse certificates outside notBefore..notAfter (daemon's clock)
-      client_id: ["%u", "%u-*"]  # optional: the client ids an identity may use (a `*` ends a prefix)
+      client_id: ["%u", "%u:*"]  # optional: the client ids an identity may use (`:` then anything)
     revoked:
       serials: ["0x1f3a", "1f:3a"]   # hex (0x…, or colon-separated) or decimal text
       sha256: ["ab:cd:…"]            # SHA-256 fingerprints of the DER certificate
@@ -20,16 +20,20 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Optional
 
 from cryptography import x509
 
 SOURCES = ("cn", "san-dns", "san-uri", "san-email", "serial", "template")
 IDENTITY_KEYS = ("source", "template", "issuers", "check_expiry", "client_id")
 REVOKED_KEYS = ("serials", "sha256")
+# More than this belongs in a new CA, not a list every broker matches and every reload resends.
+MAX_REVOCATIONS = 100_000
 # Template fields: subject attributes, plus the serial and the first SAN of each kind.
 TEMPLATE_FIELDS = ("CN", "O", "OU", "C", "ST", "L", "DC", "serial", "san_dns", "san_uri", "san_email")
 _TEMPLATE_FIELD = re.compile(r"\{([A-Za-z_]+)\}")
 _ADJACENT_FIELDS = re.compile(r"\}\{")
+_PREFIX_FORM = re.compile(r"%u[^%*+#/\x00\s]\*")
 _HEX = re.compile(r"^[0-9a-f]+$")
 
 
@@ -40,21 +44,34 @@ class IdentitySpec:
     issuers: tuple[x509.Certificate, ...] = ()
     issuer_files: tuple[str, ...] = ()
     check_expiry: bool = True
-    # Client id forms bound to an identity ("%u", "%u-*"); empty: any client id.
+    # Client id forms bound to an identity ("%u", "%u:*"); empty: any client id.
     client_ids: tuple[str, ...] = ()
 
-    def client_id_bound(self, username: str, client_id: str) -> bool:
-        """Whether `client_id` is one this identity may use (always, without a binding).
-        The username is a safe identity (no `*`, `%` is literal in it)."""
+    @property
+    def client_id_separators(self) -> frozenset[str]:
+        """The characters that end the identity in a prefix form (`:` of `%u:*`)."""
+        return frozenset(form[2] for form in self.client_ids if form != "%u")
+
+    def client_id_problem(self, username: Optional[str], client_id: Optional[str]) -> Optional[str]:
+        """Why this client may not use this client id, or None (always None without a binding).
+
+        Forms are `%u` and `%u<c>*`. An identity holding a separator <c> is refused: otherwise
+        `Pump` could use `Pump:1`, the id of identity `Pump:1`. With a binding, a client without
+        a usable identity (anonymous) may use no client id: it could squat a device's."""
         if not self.client_ids:
-            return True
+            return None
+        if username is None or client_id is None:
+            return "a client without an identity cannot hold a bound client id (identity.client_id)"
+        clash = sorted(self.client_id_separators.intersection(username))
+        if clash:
+            return (f"identity {username!r} contains {', '.join(repr(c) for c in clash)}, the separator of an "
+                    "identity.client_id prefix form: its client ids would be ambiguous")
         for form in self.client_ids:
-            if form.endswith("*"):
-                if client_id.startswith(form[:-1].replace("%u", username)):
-                    return True
-            elif client_id == form.replace("%u", username):
-                return True
-        return False
+            if form == "%u" and client_id == username:
+                return None
+            if form != "%u" and client_id.startswith(username + form[2]):
+                return None
+        return f"client id is not one identity {username!r} may use (identity.client_id)"
 
 
 @dataclass(frozen=True)
@@ -155,6 +172,9 @@ def read_revoked(reader, node, key: str) -> Revocations:
                 reader.error(item, f"{vkey}[{i}]", f"{text!r} is not {what}")
             elif value is not None:
                 out.add(value)  # type: ignore[arg-type]
+    if len(serials) + len(prints) > MAX_REVOCATIONS:
+        reader.error(node, key, f"{len(serials) + len(prints)} revoked certificates: at most {MAX_REVOCATIONS:,} "
+                     "(beyond that, issue the fleet's certificates from a new CA and stop trusting the old one)")
     return Revocations(frozenset(serials), frozenset(prints))
 
 
@@ -178,7 +198,9 @@ def _read_template(reader, node, key: str) -> str:
 
 
 def _read_client_ids(reader, node, key: str) -> tuple[str, ...]:
-    """`client_id: "%u"` or a list of such forms; each names %u once, `*` only at the end."""
+    """`client_id: "%u"` or a list of forms: `%u` (the identity itself) or `%u<c>*` (the
+    identity, one separator character, anything). Nothing else: any other shape lets two
+    identities claim one client id."""
     items = [(key, node)] if getattr(node, "id", "") == "scalar" else \
         [(f"{key}[{i}]", item) for i, item in reader.sequence(node, key)]
     forms = []
@@ -186,14 +208,11 @@ def _read_client_ids(reader, node, key: str) -> tuple[str, ...]:
         form = reader.text(item, ikey)
         if form is None:
             continue
-        if form.count("%u") != 1:
-            reader.error(item, ikey, f"client id form {form!r} must contain %u exactly once")
-        elif "*" in form[:-1]:
-            reader.error(item, ikey, f"client id form {form!r}: `*` may only end the form (a prefix)")
-        elif any(c in form for c in "+#/\x00"):
-            reader.error(item, ikey, f"client id form {form!r} contains a character no client id may hold")
-        else:
+        if form == "%u" or _PREFIX_FORM.fullmatch(form):
             forms.append(form)
+        else:
+            reader.error(item, ikey, f"client id form {form!r}: expected %u, or %u followed by one separator "
+                         "character and * (e.g. %u:*); other forms let two identities claim one client id")
     return tuple(forms)
 
 

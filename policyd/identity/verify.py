@@ -19,15 +19,13 @@ from .certificate import Refused, identify
 
 @dataclass(frozen=True)
 class CheckedClient:
-    """attributes: for the engine's Request (None: unknown, see engine.model.Request).
-    refusal: why this connection must not continue, or None."""
+    """attributes: for the engine's Request. refusal: why this connection must not continue, or None."""
 
-    attributes: Optional[Mapping[str, tuple[str, ...]]]
+    attributes: Mapping[str, tuple[str, ...]]
     refusal: Optional[Refused] = None
 
 
 NO_CERTIFICATE = CheckedClient({})
-UNKNOWN = CheckedClient(None)
 
 
 def checked_client(request: pb.CheckAclRequest, policy) -> CheckedClient:
@@ -40,8 +38,10 @@ def checked_client(request: pb.CheckAclRequest, policy) -> CheckedClient:
         if name not in policy.identity.passwords:
             return CheckedClient({}, Refused("password", "password entry no longer in the policy"))
         return NO_CERTIFICATE
-    if provenance == pb.PROVENANCE_UNKNOWN:
-        return UNKNOWN
+    # PROVENANCE_UNKNOWN (the publisher of a retained message, not connected) is decided
+    # by its identity's rules alone, as a client without a certificate: applying every
+    # `certificates` deny rule instead withheld every offline publisher's retained
+    # messages in any fleet with a quarantine rule.
     return NO_CERTIFICATE
 
 

@@ -28,6 +28,8 @@ log = logging.getLogger("policyd.watch")
 
 MAX_STREAMS = 64
 KICKS_PER_EVENT = 500
+# 10,000 fingerprints are about 340 KB: far below the shim's 4 MiB message limit.
+REVOCATIONS_PER_EVENT = 10_000
 # How often an idle stream notices that its broker went away or the server stops.
 LIVENESS_POLL_S = 0.5
 
@@ -35,20 +37,36 @@ _slots = threading.BoundedSemaphore(MAX_STREAMS)
 
 
 def events_of(swap: PolicySwap, revoked: Revocations | None = None) -> Iterator[pb.PolicyEvent]:
-    """The events of one swap: kicks in chunks; the class kicks and the whole
-    revocation list (the policy in force now) in the first."""
+    """The events of one swap: kicks in chunks, the class kicks in the first event and the
+    whole revocation list (of the policy in force now) in chunks of its own."""
     names = sorted(swap.kicks - CLASS_TOKENS)
-    first = pb.PolicyEvent(generation=swap.generation, kick_all_named=KICK_ALL_NAMED in swap.kicks,
-                           kick_anonymous=KICK_ANONYMOUS in swap.kicks)
-    if revoked is not None:
-        first.has_revocations = True
-        first.revoked_serials.extend(_serial_bytes(s) for s in sorted(revoked.serials))
-        first.revoked_sha256.extend(bytes.fromhex(f) for f in sorted(revoked.sha256))
-    first.kick_usernames.extend(n.encode() for n in names[:KICKS_PER_EVENT])
-    yield first
-    for start in range(KICKS_PER_EVENT, len(names), KICKS_PER_EVENT):
-        chunk = names[start:start + KICKS_PER_EVENT]
-        yield pb.PolicyEvent(generation=swap.generation, kick_usernames=[n.encode() for n in chunk])
+    kicks = [names[i:i + KICKS_PER_EVENT] for i in range(0, len(names), KICKS_PER_EVENT)] or [[]]
+    revocations = revocation_chunks(revoked) if revoked is not None else []
+    for i in range(max(len(kicks), len(revocations))):
+        event = pb.PolicyEvent(generation=swap.generation)
+        if i == 0:
+            event.kick_all_named = KICK_ALL_NAMED in swap.kicks
+            event.kick_anonymous = KICK_ANONYMOUS in swap.kicks
+        if i < len(kicks):
+            event.kick_usernames.extend(n.encode() for n in kicks[i])
+        if i < len(revocations):
+            serials, prints = revocations[i]
+            event.has_revocations = True
+            event.revocation_chunk, event.revocation_chunks = i, len(revocations)
+            event.revoked_serials.extend(serials)
+            event.revoked_sha256.extend(prints)
+        yield event
+
+
+def revocation_chunks(revoked: Revocations) -> list[tuple[list[bytes], list[bytes]]]:
+    """(serials, fingerprints) chunks of at most REVOCATIONS_PER_EVENT entries; at least one."""
+    entries = [(True, _serial_bytes(s)) for s in sorted(revoked.serials)] + \
+        [(False, bytes.fromhex(f)) for f in sorted(revoked.sha256)]
+    chunks = []
+    for start in range(0, max(len(entries), 1), REVOCATIONS_PER_EVENT):
+        part = entries[start:start + REVOCATIONS_PER_EVENT]
+        chunks.append(([v for is_serial, v in part if is_serial], [v for is_serial, v in part if not is_serial]))
+    return chunks
 
 
 def _serial_bytes(serial: int) -> bytes:

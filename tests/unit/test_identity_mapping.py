@@ -261,18 +261,7 @@ def test_checks_without_a_certificate():
     assert _check(policy, b"", b"alice", provenance=pb.PROVENANCE_PASSWORD).refusal is None
     assert _check(policy, b"", b"bob", provenance=pb.PROVENANCE_PASSWORD).refusal.kind == "password"
     assert _check(policy, b"", b"bob", provenance=pb.PROVENANCE_BROKER).attributes == {}
-    assert _check(policy, b"", b"bob", provenance=pb.PROVENANCE_UNKNOWN).attributes is None
-
-
-def test_unknown_provenance_applies_every_certificates_deny_and_no_allow():
-    from policyd.engine import Access, Request
-    policy = _policy(b"certificates:\n  q:\n    match: {O: quarantine}\n    rules:\n      - {topic: 'plant/#', access: deny}\n"
-                     b"  ops:\n    match: {OU: ops}\n    rules:\n      - {topic: 'ops/#', access: readwrite}\n"
-                     b"users:\n  D1:\n    - {topic: 'plant/#', access: readwrite}\n")
-    unknown = Request("D1", "c", "plant/x", Access.WRITE, None)
-    assert not policy.decide(unknown).allowed
-    assert policy.decide(Request("D1", "c", "plant/x", Access.WRITE, {})).allowed
-    assert not policy.decide(Request("D1", "c", "ops/x", Access.WRITE, None)).allowed
+    assert _check(policy, b"", b"bob", provenance=pb.PROVENANCE_UNKNOWN).attributes == {}
 
 
 def test_certificate_parsing_is_cached_and_bounded():
@@ -460,3 +449,25 @@ def test_client_id_binding_is_enforced_at_connect_and_on_every_check():
     ok = policy.decide(Request("D1", "D1-a", "d/D1/x", Access.WRITE))
     other = policy.decide(Request("D1", "D123", "d/D1/x", Access.WRITE))
     assert ok.allowed and not other.allowed and other.ends_session and not ok.ends_session
+
+
+def test_a_prefix_binding_refuses_identities_holding_its_separator_and_anonymous_clients():
+    from policyd.engine import Access, Request
+    policy = compile_policy(parse_text(b"identity:\n  client_id: ['%u', '%u:*']\n"
+                                       b"patterns:\n  - {topic: 'd/%u/#', access: readwrite}\n"
+                                       b"anonymous:\n  - {topic: 'public/#', access: readwrite}\n"))
+    # `Pump` using `Pump:1` would take identity `Pump:1`'s own id: identities with ':' are refused.
+    assert policy.decide(Request("Pump", "Pump:1", "d/Pump/x", Access.WRITE)).allowed
+    squat = policy.decide(Request("Pump:1", "Pump:1", "d/Pump:1/x", Access.WRITE))
+    assert not squat.allowed and squat.ends_session and "separator" in squat.reason
+    anonymous = policy.decide(Request(None, "Pump", "public/x", Access.WRITE))
+    assert not anonymous.allowed and anonymous.ends_session
+    unbound = compile_policy(parse_text(b"anonymous:\n  - {topic: 'public/#', access: readwrite}\n"))
+    assert unbound.decide(Request(None, "Pump", "public/x", Access.WRITE)).allowed
+
+
+def test_client_id_forms_other_than_identity_or_identity_separator_star_are_refused():
+    for form in ("%u*", "x-%u", "%u-a", "%u--*", "%u *"):
+        with pytest.raises(PolicyLoadError):
+            parse_text(f"identity:\n  client_id: ['{form}']\n".encode(), "rules.yaml")
+    parse_text(b"identity:\n  client_id: ['%u', '%u:*', '%u-*']\n", "rules.yaml")
