@@ -321,6 +321,14 @@ class Device:
     def next_message(self, timeout: float = 10) -> tuple[str, bytes]:
         return self.messages.get(timeout=timeout)
 
+    def disconnected(self, timeout: float = 5) -> bool:
+        """Whether the broker ends this client's connection within `timeout` seconds."""
+        try:
+            self.disconnects.get(timeout=timeout)
+            return True
+        except queue.Empty:
+            return False
+
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()

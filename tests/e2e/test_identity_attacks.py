@@ -16,7 +16,7 @@ import pytest
 import socket
 
 from harness import free_port, wait_for
-from test_identity_binding import CN, NOT_AUTHORIZED, O, Stack, disconnected
+from test_identity_binding import CN, NOT_AUTHORIZED, O, Stack, bound_stack, disconnected  # noqa: F401 - a fixture
 
 
 def _plain(port: int, client_id: str, username: str | None = None, password: str | None = None):
@@ -55,17 +55,10 @@ def _tail(log: str, needle: str, lines: int = 12) -> str:
 
 # --- 1. client id binding: "%u-*" of one identity is "%u" of another -----------------------
 
-@pytest.fixture(scope="module")
-def bound_identity_stack():
-    s = Stack(rules_extra="identity:\n  client_id: ['%u', '%u-*']\n", identity_mode=True)
-    yield s
-    s.close()
-
-
-def test_a_prefix_binding_does_not_let_one_identity_take_another_identitys_client_id(bound_identity_stack):
+def test_a_prefix_binding_does_not_let_one_identity_take_another_identitys_client_id(bound_stack):
     """identity `Pump` may use `Pump-*`, which would be exactly identity `Pump-1`'s own client
     id: so while a `%u-*` form is on, an identity holding `-` is refused and cannot hold one."""
-    s = bound_identity_stack
+    s = bound_stack
     with pytest.raises(ConnectionError):
         s.device("Pump-1", [(CN, "Pump-1")], client_id="Pump-1").connect(timeout=5)
     owner = s.device("Pump", [(CN, "Pump")], client_id="Pump").connect()
@@ -239,8 +232,8 @@ def test_the_will_of_a_client_that_made_no_check_is_decided_with_its_certificate
             stack.rules("")
 
 
-def test_in_identity_mode_too_the_will_of_a_quarantined_client_without_a_check_is_refused(bound_identity_stack):
-    s = bound_identity_stack
+def test_in_identity_mode_too_the_will_of_a_quarantined_client_without_a_check_is_refused(bound_stack):
+    s = bound_stack
     watcher = s.device("admin", [(CN, "admin")], client_id="admin-will-watch").connect()
     assert watcher.subscribe("/device/#") == 1
     dev = s.device("WillQi", [(CN, "WillQi"), (O, "quarantine")], client_id="WillQi")

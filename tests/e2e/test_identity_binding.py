@@ -14,7 +14,6 @@ import queue
 import shutil
 import socket
 import subprocess
-import time
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -94,11 +93,7 @@ def stack():
 
 
 def disconnected(dev: Device, timeout: float = 5) -> bool:
-    try:
-        dev.disconnects.get(timeout=timeout)
-        return True
-    except queue.Empty:
-        return False
+    return dev.disconnected(timeout)
 
 
 def test_certificates_rules_hold_across_a_daemon_restart(stack):
