@@ -8,8 +8,13 @@ PROTO       := proto/policyd/v1/policy.proto
 PY_GEN      := policyd/v1/policy_pb2.py policyd/v1/policy_pb2_grpc.py
 PLUGIN      := plugin_c/build/mosquitto_policyd.so
 PYTEST_ARGS ?=
+# The second broker the end-to-end suite runs against: the vendored Mosquitto release
+# (third_party/), built once into an ignored folder. The first is Debian's `mosquitto`.
+MOSQUITTO_21      := 2.1.2
+MOSQUITTO_21_DIR  := .build/mosquitto-$(MOSQUITTO_21)
+MOSQUITTO_21_BIN  := $(MOSQUITTO_21_DIR)/src/mosquitto
 
-.PHONY: all deps system-deps venv proto plugin build test test-unit test-e2e demo bench clean help test-asan valgrind install install-daemon fuzz-short fuzz-long reliability-report test-e2e-asan
+.PHONY: all deps system-deps venv proto plugin build broker-2.1 test test-unit test-e2e test-e2e-2.1 demo bench clean help test-asan valgrind install install-daemon fuzz-short fuzz-long reliability-report test-e2e-asan
 
 all: build
 
@@ -17,6 +22,7 @@ help:
 	@echo "make demo    install, build, issue certificates, run the seed scenario end to end"
 	@echo "make test    build and run every test (unit, engine properties, end-to-end)"
 	@echo "make build   generate stubs from proto/ and build the plugin"
+	@echo "make test-e2e-2.1  the end-to-end suite on Mosquitto 2.1 (built once from third_party/)"
 	@echo "make bench   run the benchmarks in bench/ (figures go to docs/benchmarks.md)"
 	@echo "make test-asan  the in-process shim tests against the plugin built with ASan + UBSan"
 	@echo "make valgrind   the real broker with the plugin under valgrind memcheck"
@@ -51,14 +57,24 @@ $(PLUGIN): $(PROTO) $(wildcard plugin_c/src/*.c plugin_c/src/*.h) plugin_c/Makef
 
 build: deps proto plugin
 
-test: build
+broker-2.1: $(MOSQUITTO_21_BIN)
+
+$(MOSQUITTO_21_BIN): third_party/mosquitto-$(MOSQUITTO_21)/mosquitto-$(MOSQUITTO_21).tar.gz scripts/build-mosquitto.sh
+	scripts/build-mosquitto.sh $(MOSQUITTO_21) $(MOSQUITTO_21_DIR)
+
+# Everything on Debian's Mosquitto 2.0, then the end-to-end suite again on 2.1.
+test: build broker-2.1
 	$(VPY) -m pytest $(PYTEST_ARGS)
+	POLICYD_BROKER=$(CURDIR)/$(MOSQUITTO_21_BIN) $(VPY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 test-unit: proto
 	$(VPY) -m pytest tests/unit $(PYTEST_ARGS)
 
 test-e2e: build
 	$(VPY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+test-e2e-2.1: build broker-2.1
+	POLICYD_BROKER=$(CURDIR)/$(MOSQUITTO_21_BIN) $(VPY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 demo: build
 	VENV=$(VENV) scripts/demo.sh
@@ -139,4 +155,4 @@ install-daemon:
 clean:
 	$(MAKE) -C plugin_c clean
 	$(MAKE) -C fuzz clean
-	rm -rf policyd/v1 .pytest_cache .hypothesis
+	rm -rf policyd/v1 .pytest_cache .hypothesis .build

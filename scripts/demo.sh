@@ -56,8 +56,8 @@ step "4. Mosquitto on $PORT: TLS, require_certificate, use_identity_as_username,
 cp "$ROOT/plugin_c/build/mosquitto_policyd.so" .; chmod 755 mosquitto_policyd.so
 sed -e "s|^listener 8883 0.0.0.0|listener $PORT 127.0.0.1|" \
     -e "s|/etc/mosquitto/certs|$DEMO_DIR/certs|" \
-    -e "s|^auth_plugin .*|auth_plugin $DEMO_DIR/mosquitto_policyd.so|" \
-    -e "s|^auth_opt_policyd_address .*|auth_opt_policyd_address unix:$DEMO_DIR/run/policyd.sock|" \
+    -e "s|^plugin .*|plugin $DEMO_DIR/mosquitto_policyd.so|" \
+    -e "s|^plugin_opt_policyd_address .*|plugin_opt_policyd_address unix:$DEMO_DIR/run/policyd.sock|" \
     "$ROOT/examples/mosquitto.conf" > mosquitto.conf
 printf 'log_dest file %s/mosquitto.log\n' "$DEMO_DIR" >> mosquitto.conf
 grep -v '^#' mosquitto.conf | grep -v '^$' | sed 's/^/    /'

@@ -7,6 +7,7 @@ PACKAGES=(
   mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev   # the broker, its CLI clients, plugin headers
   libgrpc-dev libprotobuf-c-dev protobuf-c-compiler            # gRPC C core and protobuf-c for the shim
   libssl-dev pkg-config gcc make openssl                       # toolchain, TLS
+  libcjson-dev                                                 # building the vendored Mosquitto 2.1 (make test)
   python3 python3-venv python3-dev                             # the daemon's virtualenv
   valgrind                                                     # `make valgrind` (memcheck of broker + plugin)
   clang-14 libclang-rt-14-dev                                  # libFuzzer targets in fuzz/ (make fuzz-short)

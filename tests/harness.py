@@ -1,7 +1,7 @@
 """Real parts for end-to-end tests and benchmarks: a PKI, policyd, mosquitto, MQTT devices.
 
 Everything runs for real on this machine: `policyd serve` on a unix socket,
-the Debian `mosquitto` broker with a TLS listener and our plugin, and paho-mqtt
+a real `mosquitto` broker with a TLS listener and our plugin, and paho-mqtt
 or mosquitto_pub clients holding per-device certificates. Only loopback
 addresses are used.
 
@@ -9,6 +9,10 @@ Mosquitto started as root drops to the `mosquitto` user before it reads its
 key and loads plugins, so the work directory is world-traversable (0755), the
 server key belongs to `mosquitto`, the plugin is copied into the work
 directory and the policyd socket is group `mosquitto`.
+
+The broker is Debian's `mosquitto` (2.0) unless POLICYD_BROKER names another
+executable; `make test` runs the end-to-end suite a second time with the
+Mosquitto 2.1 it builds from third_party/. Both drop to `mosquitto` alike.
 """
 
 from __future__ import annotations
@@ -34,7 +38,23 @@ ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_SO = Path(os.environ.get("POLICYD_PLUGIN") or ROOT / "plugin_c" / "build" / "mosquitto_policyd.so")
 BROKER_PRELOAD = os.environ.get("POLICYD_BROKER_PRELOAD", "")
 POLICYD = [sys.executable, "-m", "policyd"]
+BROKER = os.environ.get("POLICYD_BROKER") or "mosquitto"
 BROKER_USER = "mosquitto"
+
+
+_broker_version: Optional[tuple[int, int, int]] = None
+
+
+def broker_version() -> tuple[int, int, int]:
+    """The version of the broker under test, from the first line of `mosquitto -h`."""
+    global _broker_version
+    if _broker_version is None:
+        out = subprocess.run([BROKER, "-h"], capture_output=True, text=True, timeout=10).stdout
+        first = out.splitlines()[0] if out else ""
+        if not first.startswith("mosquitto version "):
+            raise RuntimeError(f"{BROKER} -h does not name a mosquitto version: {first!r}")
+        _broker_version = tuple(int(part) for part in first.split()[2].split(".")[:3])
+    return _broker_version
 
 
 def free_port() -> int:
@@ -159,6 +179,11 @@ class BrokerConfig:
     acl_file: Optional[str] = None
     use_identity_as_username: bool = True
     extra: str = ""
+    # How the plugin is named: auth_plugin/auth_opt_ (both versions), plugin/plugin_opt_ (both),
+    # global_plugin (2.1 only).
+    plugin_keyword: str = "auth_plugin"
+    option_prefix: str = "auth_opt_"
+    per_listener_settings: bool = False
 
 
 def broker_env(workdir: Path) -> dict:
@@ -175,7 +200,7 @@ def broker_env(workdir: Path) -> dict:
 
 
 class Broker:
-    """The Debian `mosquitto` with a TLS listener requiring client certificates."""
+    """`mosquitto` (BROKER) with a TLS listener requiring client certificates."""
 
     def __init__(self, workdir: Path, pki: Pki, daemon: Optional[PolicyDaemon], config: BrokerConfig = BrokerConfig()):
         self.workdir = workdir
@@ -189,7 +214,7 @@ class Broker:
 
     def render_config(self) -> str:
         lines = [
-            "per_listener_settings false",
+            f"per_listener_settings {'true' if self.config.per_listener_settings else 'false'}",
             "check_retain_source true",  # as every configuration we ship (examples/)
             f"listener {self.port} 127.0.0.1",
             f"cafile {self.pki.ca}",
@@ -205,7 +230,8 @@ class Broker:
             plugin = self.workdir / PLUGIN_SO.name
             shutil.copy2(PLUGIN_SO, plugin)
             plugin.chmod(0o755)
-            lines += [f"auth_plugin {plugin}", f"auth_opt_policyd_address {self.daemon.address}"]
+            lines += [f"{self.config.plugin_keyword} {plugin}",
+                      f"{self.config.option_prefix}policyd_address {self.daemon.address}"]
         if self.config.acl_file:
             lines.append(f"acl_file {self.config.acl_file}")
         if self.config.extra:
@@ -215,7 +241,7 @@ class Broker:
     def start(self, timeout: float = 15) -> "Broker":
         self.conf_path.write_text(self.render_config())
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf_path)], env=broker_env(self.workdir),
+        self.proc = subprocess.Popen([BROKER, "-c", str(self.conf_path)], env=broker_env(self.workdir),
                                      stdout=self._log, stderr=subprocess.STDOUT)
         wait_for(lambda: self._port_open() or self.proc.poll() is not None, timeout, "mosquitto listener")
         if self.proc.poll() is not None:
@@ -332,3 +358,49 @@ class Device:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+class SlowAuthProxy:
+    """A raw-bytes gRPC proxy in front of a real daemon that holds every Authenticate answer for
+    `delay` seconds (CheckAcl, Watch and ReportStats pass straight through): a slow daemon at
+    CONNECT, for identity mode. `address` is what the broker's plugin is pointed at."""
+
+    def __init__(self, sock_path: Path, upstream: str, delay: float = 0.0):
+        from concurrent import futures
+
+        import grpc
+
+        self.delay = delay
+        self.channel = grpc.insecure_channel(upstream)
+        ident = lambda b: b  # noqa: E731 (bytes in, bytes out)
+        unary = {name: self.channel.unary_unary(f"/policyd.v1.Policy/{name}", request_serializer=ident,
+                                                response_deserializer=ident)
+                 for name in ("CheckAcl", "ReportStats", "Authenticate")}
+        watch = self.channel.unary_stream("/policyd.v1.Policy/Watch", request_serializer=ident,
+                                          response_deserializer=ident)
+
+        def authenticate(request, context):
+            time.sleep(self.delay)
+            return unary["Authenticate"](request, timeout=30)
+
+        def passthrough(name):
+            return grpc.unary_unary_rpc_method_handler(lambda req, ctx: unary[name](req, timeout=30),
+                                                       request_deserializer=ident, response_serializer=ident)
+
+        handler = grpc.method_handlers_generic_handler("policyd.v1.Policy", {
+            "CheckAcl": passthrough("CheckAcl"),
+            "ReportStats": passthrough("ReportStats"),
+            "Authenticate": grpc.unary_unary_rpc_method_handler(authenticate, request_deserializer=ident,
+                                                                response_serializer=ident),
+            "Watch": grpc.unary_stream_rpc_method_handler(lambda req, ctx: iter(watch(req)),
+                                                          request_deserializer=ident, response_serializer=ident),
+        })
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), handlers=[handler])
+        self.server.add_insecure_port(f"unix:{sock_path}")
+        self.server.start()
+        os.chmod(sock_path, 0o666)  # the broker runs as `mosquitto`
+        self.address = f"unix:{sock_path}"
+
+    def stop(self) -> None:
+        self.server.stop(0)
+        self.channel.close()

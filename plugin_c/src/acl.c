@@ -17,6 +17,7 @@
 #include <mosquitto_plugin.h>
 
 #include "acl.h"
+#include "broker_compat.h"
 #include "conn.h"
 #include "plugin_state.h"
 #include "topic_match.h"
@@ -515,7 +516,9 @@ int acl_disconnect_callback(int event, void *event_data, void *userdata)
 	const struct mosquitto_evt_disconnect *ed = event_data;
 	struct cache_identity id;
 
-	if(plugin == NULL || ed == NULL || ed->client == NULL || event != MOSQ_EVT_DISCONNECT){
+	/* 2.1's CLIENT_OFFLINE data has the same layout as DISCONNECT's. */
+	if(plugin == NULL || ed == NULL || ed->client == NULL
+			|| (event != MOSQ_EVT_DISCONNECT && event != BROKER_EVT_CLIENT_OFFLINE)){
 		return MOSQ_ERR_SUCCESS;
 	}
 	connection_going_offline(plugin, ed->client);

@@ -26,6 +26,7 @@
 #include <mosquitto_plugin.h>
 
 #include "auth.h"
+#include "auth_delayed.h"
 #include "conn.h"
 #include "plugin_state.h"
 
@@ -169,7 +170,6 @@ int auth_basic_callback(int event, void *event_data, void *userdata)
 	struct policy_auth_result res;
 	unsigned char *der;
 	size_t der_len;
-	struct conn *c;
 	int rc;
 
 	(void)event;
@@ -193,21 +193,44 @@ int auth_basic_callback(int event, void *event_data, void *userdata)
 	}
 	req.certificate_der = der;
 	req.certificate_der_len = der_len;
+	if(plugin->auth_delayed != NULL){
+		/* Mosquitto 2.1: answered from a worker thread, completed on a TICK. */
+		rc = auth_delayed_begin(plugin->auth_delayed, ed->client, &req);
+		if(der != NULL){
+			OPENSSL_free(der);
+		}
+		return rc;
+	}
 	policy_client_authenticate(plugin->client, &req, &res);
 	if(der != NULL){
 		OPENSSL_free(der);
 	}
-	if(res.outcome != POLICY_ALLOW){
-		return auth_refuse(plugin, req.client_id, &res);
-	}
-	rc = mosquitto_set_username(ed->client, res.username);
+	rc = auth_outcome(plugin, req.client_id, &res);
 	if(rc != MOSQ_ERR_SUCCESS){
-		return auth_refuse_local(plugin, req.client_id, "cannot set the username to policyd's identity");
+		return rc;
 	}
-	if(der == NULL){
-		c = conn_track(plugin->conns, ed->client, NULL);
+	return auth_set_identity(plugin, ed->client, req.client_id, res.username, der == NULL);
+}
+
+
+int auth_outcome(struct policyd_plugin *plugin, const char *client_id, const struct policy_auth_result *res)
+{
+	return res->outcome == POLICY_ALLOW ? MOSQ_ERR_SUCCESS : auth_refuse(plugin, client_id, res);
+}
+
+
+int auth_set_identity(struct policyd_plugin *plugin, struct mosquitto *client, const char *client_id,
+		const char *identity, bool by_password)
+{
+	struct conn *c;
+
+	if(mosquitto_set_username(client, identity) != MOSQ_ERR_SUCCESS){
+		return auth_refuse_local(plugin, client_id, "cannot set the username to policyd's identity");
+	}
+	if(by_password){
+		c = conn_track(plugin->conns, client, NULL);
 		if(c == NULL){
-			return auth_refuse_local(plugin, req.client_id, "out of memory for the connection table");
+			return auth_refuse_local(plugin, client_id, "out of memory for the connection table");
 		}
 		c->password_verified = true;
 	}

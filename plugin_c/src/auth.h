@@ -6,6 +6,7 @@
 #ifndef POLICYD_AUTH_H
 #define POLICYD_AUTH_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "logging.h"
@@ -29,6 +30,16 @@ void auth_init(struct policyd_auth *auth);
  * MOSQ_ERR_SUCCESS only when policyd allowed and the username was set;
  * MOSQ_ERR_AUTH (CONNACK "not authorized") in every other case. */
 int auth_basic_callback(int event, void *event_data, void *userdata);
+
+/* policyd's answer to a CONNECT: MOSQ_ERR_SUCCESS on allow; otherwise the
+ * refusal is counted and logged and MOSQ_ERR_AUTH returned. */
+int auth_outcome(struct policyd_plugin *plugin, const char *client_id, const struct policy_auth_result *res);
+
+/* Gives an allowed client policyd's identity as username (counted);
+ * by_password: it was verified by a password, not a certificate. */
+struct mosquitto;
+int auth_set_identity(struct policyd_plugin *plugin, struct mosquitto *client, const char *client_id,
+		const char *identity, bool by_password);
 
 void auth_log_stats(const struct policyd_plugin *plugin);
 

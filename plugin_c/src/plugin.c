@@ -2,11 +2,15 @@
  * mosquitto_policyd: Mosquitto v5 plugin that asks policyd, over gRPC,
  * for every ACL decision and denies whenever it gets no clear "allow".
  *
- *   auth_plugin /usr/lib/mosquitto_policyd.so
- *   auth_opt_policyd_address unix:/run/policyd/policyd.sock
- *   auth_opt_policyd_timeout_ms 100
+ *   plugin /usr/lib/mosquitto_policyd.so
+ *   plugin_opt_policyd_address unix:/run/policyd/policyd.sock
+ *   plugin_opt_policyd_timeout_ms 100
+ *
+ * One build loads into Mosquitto 2.0 and 2.1 (broker_compat.h).
  */
 #include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +22,7 @@
 
 #include "acl.h"
 #include "auth.h"
+#include "broker_compat.h"
 #include "config.h"
 #include "conn.h"
 #include "logging.h"
@@ -25,6 +30,12 @@
 #include "policy_client.h"
 #include "stats.h"
 #include "watch.h"
+
+/* What 2.1 reports for this plugin (mosquitto_plugin_set_info). */
+#define PLUGIN_NAME "mosquitto_policyd"
+#ifndef PLUGIN_VERSION
+#define PLUGIN_VERSION "unknown"
+#endif
 
 /* Built with -fvisibility=hidden; only these are exported. */
 #define POLICYD_EXPORT __attribute__((visibility("default")))
@@ -51,20 +62,47 @@ int mosquitto_plugin_version(int supported_version_count, const int *supported_v
 }
 
 
-/* MOSQ_EVT_TICK (main thread, every pass of the broker's loop). Anything
- * else that must run periodically belongs in here too, one call each. */
+/* How often the tick runs on 2.1 when nothing else wakes the broker: the
+ * latency of kicks and Watch events on an idle broker. 2.0 ticks about
+ * every 100 ms by itself. */
+#define PLUGIN_TICK_INTERVAL_MS 50
+/* ... and when 2.1 skips a requested tick, how late it may be before the
+ * main thread is woken (tick_wake.h). */
+#define PLUGIN_TICK_OVERDUE_MS 75
+/* ... and while CONNECTs wait for policyd (2.1, identity mode), how soon
+ * their answers are handed to the broker. */
+#define PLUGIN_TICK_CONNECT_MS 5
+
+/* MOSQ_EVT_TICK (main thread). Anything else that must run periodically
+ * belongs in here too, one call each. */
 static int plugin_on_tick(int event, void *event_data, void *userdata)
 {
 	struct policyd_plugin *plugin = userdata;
 
 	(void)event;
-	(void)event_data;
 	if(plugin != NULL){
+		int64_t now = monotonic_ms();
+
+		tick_wake_ticked(plugin->tick_wake, now);
+		auth_delayed_on_tick(plugin);
 		watch_on_tick(plugin->watch, plugin->conns);
-		conn_sweep(plugin->conns, monotonic_ms());
-		stats_on_tick(plugin, monotonic_ms());
+		conn_sweep(plugin->conns, now);
+		stats_on_tick(plugin, now);
+		if(auth_delayed_waiting(plugin->auth_delayed)){
+			broker_request_tick(event_data, PLUGIN_TICK_CONNECT_MS);
+		}
 	}
+	broker_request_tick(event_data, PLUGIN_TICK_INTERVAL_MS);
 	return MOSQ_ERR_SUCCESS;
+}
+
+
+static int plugin_on_basic_auth(int event, void *event_data, void *userdata)
+{
+	if(!pthread_equal(pthread_self(), plugin_main_thread)){
+		return plugin_refuse_foreign(event);
+	}
+	return auth_basic_callback(event, event_data, userdata);
 }
 
 
@@ -72,19 +110,31 @@ struct plugin_callback {
 	int event;
 	MOSQ_FUNC_generic_callback callback;
 	const char *what;
+	bool optional;  /* a broker that does not know the event still runs the plugin */
 };
 
 /* Every callback in every mode: BASIC_AUTH too, since a username a client
  * merely claims (any listener without use_identity_as_username) must be
  * verified before the rules treat it as that identity (auth.c). */
 static const struct plugin_callback plugin_callbacks[] = {
-	{MOSQ_EVT_ACL_CHECK, acl_check_callback, "ACL check"},
-	{MOSQ_EVT_DISCONNECT, acl_disconnect_callback, "disconnect"},
-	{MOSQ_EVT_TICK, plugin_on_tick, "tick"},
-	{MOSQ_EVT_BASIC_AUTH, auth_basic_callback, "CONNECT"},
+	{MOSQ_EVT_ACL_CHECK, plugin_on_acl_check, "ACL check", false},
+	{MOSQ_EVT_DISCONNECT, acl_disconnect_callback, "disconnect", false},
+	/* 2.1 reports a client that leaves a persistent session here instead of DISCONNECT. */
+	{BROKER_EVT_CLIENT_OFFLINE, acl_disconnect_callback, "client offline", true},
+	{MOSQ_EVT_TICK, plugin_on_tick, "tick", false},
+	{MOSQ_EVT_BASIC_AUTH, plugin_on_basic_auth, "CONNECT", false},
+	{BROKER_EVT_CONNECT, plugin_on_connect, "CONNECT accepted (delayed identity)", false},
 };
 
 #define PLUGIN_CALLBACK_COUNT (sizeof(plugin_callbacks) / sizeof(plugin_callbacks[0]))
+_Static_assert(PLUGIN_CALLBACK_COUNT <= 32, "callbacks_registered has one bit per row");
+
+
+/* CONNECT accepted: only when CONNECTs are answered later (2.1, identity mode). */
+static bool plugin_wants(const struct policyd_plugin *plugin, const struct plugin_callback *cb)
+{
+	return cb->event != BROKER_EVT_CONNECT || plugin->auth_delayed != NULL;
+}
 
 
 static void plugin_unregister(struct policyd_plugin *plugin)
@@ -92,12 +142,15 @@ static void plugin_unregister(struct policyd_plugin *plugin)
 	size_t i;
 	int rc;
 
-	for(i = 0; i < PLUGIN_CALLBACK_COUNT && i < plugin->callbacks_registered; i++){
+	for(i = 0; i < PLUGIN_CALLBACK_COUNT; i++){
+		if(!(plugin->callbacks_registered & (UINT32_C(1) << i))){
+			continue;
+		}
 		rc = mosquitto_callback_unregister(plugin->identifier, plugin_callbacks[i].event,
 				plugin_callbacks[i].callback, NULL);
 		if(rc != MOSQ_ERR_SUCCESS){
 			plog(MOSQ_LOG_WARNING, "cannot unregister the %s callback: %s",
-					plugin_callbacks[i].what, mosquitto_strerror(rc));
+					plugin_callbacks[i].what, broker_rc_text(rc));
 		}
 	}
 	plugin->callbacks_registered = 0;
@@ -110,14 +163,18 @@ static void plugin_free(struct policyd_plugin *plugin)
 		return;
 	}
 	plugin_unregister(plugin);
+	tick_wake_stop(plugin->tick_wake);
+	plugin->tick_wake = NULL;
+	auth_delayed_destroy(plugin->auth_delayed);
+	plugin->auth_delayed = NULL;
 	watch_destroy(plugin->watch); /* joins its thread: nothing of ours runs after cleanup */
 	plugin->watch = NULL;
 	policy_client_destroy(plugin->client);
 	cache_destroy(plugin->cache);
 	plugin->cache = NULL;
+	plugin->client = NULL;
 	conn_table_destroy(plugin->conns);
 	plugin->conns = NULL;
-	plugin->client = NULL;
 	config_free(&plugin->config);
 	link_tls_free(&plugin->tls);
 	free(plugin);
@@ -181,19 +238,65 @@ static int plugin_start_watch(struct policyd_plugin *plugin)
 }
 
 
+/* Identity mode on a broker with delayed basic auth (2.1): CONNECTs never wait on the main thread. */
+static int plugin_start_auth_delayed(struct policyd_plugin *plugin)
+{
+	struct policy_client_options opts = {
+		.target = plugin->config.address,
+		.timeout_ms = plugin->config.timeout_ms,
+		.tls = &plugin->tls,
+	};
+	const char *errmsg = "unknown error";
+
+	if(plugin->config.identity != IDENTITY_CERT || broker_complete_basic_auth() == NULL){
+		return MOSQ_ERR_SUCCESS;
+	}
+	plugin->auth_delayed = auth_delayed_create(&opts, &errmsg);
+	if(plugin->auth_delayed == NULL){
+		plog(MOSQ_LOG_ERR, "cannot start answering CONNECTs off the main thread: %s", errmsg);
+		return MOSQ_ERR_UNKNOWN;
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
+
+static int plugin_start_tick_wake(struct policyd_plugin *plugin)
+{
+	const char *errmsg = "unknown error";
+
+	if(!broker_schedules_ticks()){
+		return MOSQ_ERR_SUCCESS;
+	}
+	plugin->tick_wake = tick_wake_start(PLUGIN_TICK_OVERDUE_MS, &errmsg);
+	if(plugin->tick_wake == NULL){
+		plog(MOSQ_LOG_ERR, "cannot keep the broker's tick going: %s", errmsg);
+		return MOSQ_ERR_UNKNOWN;
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
+
 static int plugin_register(struct policyd_plugin *plugin)
 {
 	const struct plugin_callback *cb;
+	size_t i;
 	int rc;
 
-	while(plugin->callbacks_registered < PLUGIN_CALLBACK_COUNT){
-		cb = &plugin_callbacks[plugin->callbacks_registered];
+	for(i = 0; i < PLUGIN_CALLBACK_COUNT; i++){
+		cb = &plugin_callbacks[i];
+		if(!plugin_wants(plugin, cb)){
+			continue;
+		}
 		rc = mosquitto_callback_register(plugin->identifier, cb->event, cb->callback, NULL, plugin);
+		if(rc == MOSQ_ERR_NOT_SUPPORTED && cb->optional){
+			plog(MOSQ_LOG_DEBUG, "this broker has no %s event", cb->what);
+			continue;
+		}
 		if(rc != MOSQ_ERR_SUCCESS){
-			plog(MOSQ_LOG_ERR, "cannot register the %s callback: %s", cb->what, mosquitto_strerror(rc));
+			plog(MOSQ_LOG_ERR, "cannot register the %s callback: %s", cb->what, broker_rc_text(rc));
 			return rc;
 		}
-		plugin->callbacks_registered++;
+		plugin->callbacks_registered |= UINT32_C(1) << i;
 	}
 	return MOSQ_ERR_SUCCESS;
 }
@@ -233,6 +336,9 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 		return MOSQ_ERR_NOMEM;
 	}
 	plugin->identifier = identifier;
+	plugin_main_thread = pthread_self(); /* the broker loads plugins on its main thread */
+	broker_compat_init();
+	broker_set_plugin_info(identifier, PLUGIN_NAME, PLUGIN_VERSION);
 	acl_limiters_init(plugin);
 	auth_init(&plugin->auth);
 
@@ -247,6 +353,12 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 		rc = plugin_start_watch(plugin);
 	}
 	if(rc == MOSQ_ERR_SUCCESS){
+		rc = plugin_start_tick_wake(plugin);
+	}
+	if(rc == MOSQ_ERR_SUCCESS){
+		rc = plugin_start_auth_delayed(plugin);
+	}
+	if(rc == MOSQ_ERR_SUCCESS){
 		rc = plugin_register(plugin);
 	}
 	if(rc != MOSQ_ERR_SUCCESS){
@@ -258,7 +370,9 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 	*userdata = plugin;
 	if(plugin->config.identity == IDENTITY_CERT){
 		plog(MOSQ_LOG_INFO, "identity mode: CONNECT decided by policyd from the client certificate "
-				"(needs require_certificate true, use_identity_as_username false)");
+				"(needs require_certificate true, use_identity_as_username false), %s",
+				plugin->auth_delayed != NULL ? "answered off the broker's main thread (delayed basic auth)"
+				: "answered on the broker's main thread");
 	}
 	plog(MOSQ_LOG_INFO, "ACL checks go to %s (timeout %d ms, cache %d entries up to %d s, "
 			"on_error %s, breaker after %d deadline misses for %d ms)",
@@ -280,8 +394,19 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 		return MOSQ_ERR_SUCCESS;
 	}
 	stats_log(plugin);
+	if(plugin->tick_wake != NULL){
+		plog(MOSQ_LOG_INFO, "the broker was woken for an overdue tick %" PRIu64 " times",
+				tick_wake_count(plugin->tick_wake));
+	}
 	if(plugin->config.identity == IDENTITY_CERT){
 		auth_log_stats(plugin);
+	}
+	if(plugin->auth_delayed != NULL){
+		struct auth_delayed_stats ds;
+
+		auth_delayed_get_stats(plugin->auth_delayed, &ds);
+		plog(MOSQ_LOG_INFO, "delayed CONNECTs: queued=%" PRIu64 " completed=%" PRIu64 " superseded=%" PRIu64
+				" overflow=%" PRIu64, ds.queued, ds.completed, ds.superseded, ds.overflow);
 	}
 	plugin_free(plugin);
 	return MOSQ_ERR_SUCCESS;

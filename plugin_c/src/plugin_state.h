@@ -12,11 +12,13 @@
 #include <mosquitto_broker.h>
 
 #include "auth.h"
+#include "auth_delayed.h"
 #include "breaker.h"
 #include "cache.h"
 #include "config.h"
 #include "conn.h"
 #include "link_tls.h"
+#include "tick_wake.h"
 #include "logging.h"
 #include "policy_client.h"
 #include "watch.h"
@@ -46,7 +48,7 @@ struct policyd_plugin {
 	mosquitto_plugin_id_t *identifier;
 	struct policyd_config config;
 	struct policy_client *client;
-	size_t callbacks_registered;          /* prefix of plugin.c's callback table */
+	uint32_t callbacks_registered;        /* bit i: row i of plugin.c's callback table */
 	uint64_t failing_streak;              /* consecutive checks without an answer */
 	/* Newest policy generation known to the shim. Written by whichever thread
 	 * learns it (a CheckAcl answer on the main thread, the Watch stream on its
@@ -54,6 +56,7 @@ struct policyd_plugin {
 	_Atomic uint64_t generation;
 	struct policyd_watch *watch;          /* Policy.Watch thread; kicks on TICK */
 	struct conn_table *conns;             /* connections seen: verification, certificate facts */
+	struct tick_wake *tick_wake;          /* 2.1: wakes the main loop when a tick is overdue */
 	struct policyd_counters counters;
 	struct policyd_limiters limiters;
 	/* Decision cache, breaker and stats timing: main thread only. */
@@ -62,6 +65,7 @@ struct policyd_plugin {
 	struct breaker breaker;
 	int64_t stats_next_ms;                /* next periodic stats line/report */
 	struct policyd_auth auth;             /* identity mode: CONNECT counters, log limiters */
+	struct auth_delayed *auth_delayed;    /* identity mode on 2.1: CONNECTs answered off the main thread */
 	struct link_tls tls;                  /* mutual TLS to policyd, if configured */
 };
 

@@ -33,6 +33,7 @@
 #include <mosquitto.h>
 #include <mosquitto_broker.h>
 
+#include "broker_compat.h"
 #include "conn.h"
 #include "logging.h"
 #include "policyd/v1/policy.pb-c.h"
@@ -657,7 +658,7 @@ static void kick_all(struct policyd_watch *w, char **names, size_t n)
 			failed++;
 			if(log_limiter_admit(&w->kick_log)){
 				plog_admitted(&w->kick_log, MOSQ_LOG_ERR, "cannot disconnect clients of '%s': %s",
-						log_sanitize_str(shown, sizeof(shown), names[i]), mosquitto_strerror(rc));
+						log_sanitize_str(shown, sizeof(shown), names[i]), broker_rc_text(rc));
 			}
 		}
 		if(log_limiter_admit(&w->kick_log)){

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from harness import PLUGIN_SO, ROOT, Broker, BrokerConfig, Pki, PolicyDaemon, make_workdir
+from harness import BROKER, PLUGIN_SO, ROOT, Broker, BrokerConfig, Pki, PolicyDaemon, broker_version, make_workdir
 
 # The seed scenario's rules, as shipped to users.
 SEED_RULES = (ROOT / "examples" / "rules.yaml").read_text()
@@ -17,10 +17,29 @@ def pytest_collection_modifyitems(items):
         item.add_marker(pytest.mark.e2e)
 
 
+def pytest_report_header(config):
+    return f"broker under test: {BROKER} (mosquitto {'.'.join(map(str, broker_version()))})"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "broker(min=..., max=...): the test needs a broker version "
+                            "in [min, max) (tuples); on any other it is skipped, saying which it needs")
+
+
+def pytest_runtest_setup(item):
+    mark = item.get_closest_marker("broker")
+    if mark is None:
+        return
+    low, high, version = mark.kwargs.get("min"), mark.kwargs.get("max"), broker_version()
+    if (low and version < low) or (high and version >= high):
+        pytest.skip(f"needs mosquitto {'>= ' + str(low) if low else ''}{' < ' + str(high) if high else ''}"
+                    f"; this broker is {version}")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _real_parts_present():
     # Missing parts are an error, never a skip: a skipped e2e suite proves nothing.
-    missing = [name for name in ("mosquitto", "mosquitto_pub", "mosquitto_sub", "openssl")
+    missing = [name for name in (BROKER, "mosquitto_pub", "mosquitto_sub", "openssl")
                if shutil.which(name) is None]
     assert not missing, f"not installed: {missing} (run `make deps`)"
     assert PLUGIN_SO.exists(), f"{PLUGIN_SO} is not built (run `make plugin`)"

@@ -31,6 +31,7 @@ int stub_registered(int event);
 int stub_acl_check(struct mosquitto *client, int access, const char *topic);
 int stub_disconnect(struct mosquitto *client);
 int stub_tick(void);
+long stub_tick_request(void);
 int stub_log_count(void);
 const char *stub_log_line(int i);
 void stub_reset(void);

@@ -42,8 +42,11 @@ int mosquitto_callback_register(mosquitto_plugin_id_t *identifier, int event,
 {
 	(void)identifier;
 	(void)event_data;
-	if(event < 0 || event >= STUB_EVENTS || cb_func == NULL){
+	if(cb_func == NULL){
 		return MOSQ_ERR_INVAL;
+	}
+	if(event < 0 || event >= STUB_EVENTS){
+		return MOSQ_ERR_NOT_SUPPORTED; /* as a broker answers for an event it does not know */
 	}
 	if(callbacks[event].cb != NULL){
 		return MOSQ_ERR_ALREADY_EXISTS;
@@ -156,15 +159,6 @@ char *mosquitto_strdup(const char *s)
 }
 
 
-const char *mosquitto_strerror(int mosq_errno)
-{
-	static char text[32];
-
-	snprintf(text, sizeof(text), "error %d", mosq_errno);
-	return text;
-}
-
-
 /* ------------------------------------------------------------ test side */
 
 int stub_registered(int event)
@@ -206,12 +200,25 @@ int stub_disconnect(struct mosquitto *client)
 }
 
 
+/* What the plugin asked for in the last tick's data: the slot 2.0's header
+ * calls next_ns is read by 2.1 as next_ms, the delay until the next tick. */
+static long last_tick_request;
+
 int stub_tick(void)
 {
 	struct mosquitto_evt_tick ed;
+	int rc;
 
 	memset(&ed, 0, sizeof(ed));
-	return fire(MOSQ_EVT_TICK, &ed);
+	rc = fire(MOSQ_EVT_TICK, &ed);
+	last_tick_request = ed.next_ns;
+	return rc;
+}
+
+
+long stub_tick_request(void)
+{
+	return last_tick_request;
 }
 
 

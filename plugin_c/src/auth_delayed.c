@@ -1,0 +1,394 @@
+/*
+ * Delayed basic auth on Mosquitto 2.1 (see auth_delayed.h).
+ *
+ * Jobs live in one array of AUTH_DELAYED_MAX slots: FREE -> QUEUED (main
+ * thread) -> ASKING (a worker) -> ANSWERED (the worker) -> FREE (the tick).
+ * One mutex guards the slots; the gRPC call runs outside it.
+ */
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <mosquitto.h>
+#include <mosquitto_broker.h>
+
+#include "auth.h"
+#include "auth_delayed.h"
+#include "broker_compat.h"
+#include "logging.h"
+#include "plugin_state.h"
+
+#define AUTH_DELAYED_MAX 256          /* CONNECTs waiting at once; more are refused */
+#define AUTH_DELAYED_WORKERS 4        /* Authenticate calls in flight at once */
+#define AUTH_DELAYED_DER_MAX 16384    /* a larger client certificate is refused */
+
+enum job_state { JOB_FREE, JOB_QUEUED, JOB_ASKING, JOB_ANSWERED };
+
+struct auth_job {
+	enum job_state state;
+	bool superseded;                  /* a newer CONNECT took this client id */
+	uint64_t seq;                     /* queue order */
+	char *client_id;
+	char *username;
+	char *password;
+	char *peer_address;
+	unsigned char *der;
+	size_t der_len;
+	bool has_password;
+	struct policy_auth_result result;
+};
+
+struct worker_arg {
+	struct auth_delayed *ad;
+	size_t index;
+};
+
+struct auth_delayed {
+	pthread_mutex_t lock;
+	pthread_cond_t work;              /* a job was queued, or stopping */
+	bool stopping;
+	uint64_t next_seq;
+	size_t waiting;                   /* slots not FREE */
+	struct auth_job jobs[AUTH_DELAYED_MAX];
+	pthread_t threads[AUTH_DELAYED_WORKERS];
+	struct worker_arg worker_args[AUTH_DELAYED_WORKERS];
+	struct policy_client *clients[AUTH_DELAYED_WORKERS];
+	size_t started;
+	struct auth_delayed_stats stats;  /* under lock */
+	/* Main thread only: the answer being handed to the broker right now. */
+	const char *completing_id;
+	const char *completing_identity;
+	bool completing_by_password;
+	bool completing_claimed;
+	struct log_limiter overflow_log;
+};
+
+
+static void job_clear(struct auth_job *job)
+{
+	free(job->client_id);
+	free(job->username);
+	if(job->password != NULL){
+		explicit_bzero(job->password, strlen(job->password));
+		free(job->password);
+	}
+	free(job->peer_address);
+	free(job->der);
+	memset(job, 0, sizeof(*job));
+}
+
+
+/* The oldest queued job, or NULL. Called with the lock held. */
+static struct auth_job *job_next_queued(struct auth_delayed *ad)
+{
+	struct auth_job *best = NULL;
+	size_t i;
+
+	for(i = 0; i < AUTH_DELAYED_MAX; i++){
+		if(ad->jobs[i].state == JOB_QUEUED && (best == NULL || ad->jobs[i].seq < best->seq)){
+			best = &ad->jobs[i];
+		}
+	}
+	return best;
+}
+
+
+static void job_request(const struct auth_job *job, struct policy_auth_request *req)
+{
+	memset(req, 0, sizeof(*req));
+	req->client_id = job->client_id;
+	req->client_id_len = job->client_id ? strlen(job->client_id) : 0;
+	req->username = job->username;
+	req->username_len = job->username ? strlen(job->username) : 0;
+	req->has_password = job->has_password;
+	req->password = job->password;
+	req->password_len = job->password ? strlen(job->password) : 0;
+	req->certificate_der = job->der;
+	req->certificate_der_len = job->der_len;
+	req->peer_address = job->peer_address;
+}
+
+
+static void *worker_run(void *arg)
+{
+	struct worker_arg *wa = arg;
+	struct auth_delayed *ad = wa->ad;
+	struct policy_client *client = ad->clients[wa->index];
+	struct policy_auth_request req;
+	struct policy_auth_result res;
+	struct auth_job *job;
+
+	pthread_mutex_lock(&ad->lock);
+	while(!ad->stopping){
+		job = job_next_queued(ad);
+		if(job == NULL){
+			pthread_cond_wait(&ad->work, &ad->lock);
+			continue;
+		}
+		job->state = JOB_ASKING;
+		job_request(job, &req);   /* the job's strings stay put while it is ASKING */
+		pthread_mutex_unlock(&ad->lock);
+		policy_client_authenticate(client, &req, &res);
+		pthread_mutex_lock(&ad->lock);
+		job->result = res;
+		job->state = JOB_ANSWERED;
+	}
+	pthread_mutex_unlock(&ad->lock);
+	return NULL;
+}
+
+
+struct auth_delayed *auth_delayed_create(const struct policy_client_options *opts, const char **errmsg)
+{
+	struct auth_delayed *ad = calloc(1, sizeof(*ad));
+	size_t i;
+
+	if(ad == NULL){
+		*errmsg = "out of memory";
+		return NULL;
+	}
+	pthread_mutex_init(&ad->lock, NULL);
+	pthread_cond_init(&ad->work, NULL);
+	log_limiter_init(&ad->overflow_log, 1);
+	for(i = 0; i < AUTH_DELAYED_WORKERS; i++){
+		ad->clients[i] = policy_client_create(opts, errmsg);
+		if(ad->clients[i] == NULL){
+			auth_delayed_destroy(ad);
+			return NULL;
+		}
+		ad->worker_args[i].ad = ad;
+		ad->worker_args[i].index = i;
+		if(pthread_create(&ad->threads[i], NULL, worker_run, &ad->worker_args[i]) != 0){
+			*errmsg = "cannot start a CONNECT worker thread";
+			auth_delayed_destroy(ad);
+			return NULL;
+		}
+		ad->started++;
+	}
+	return ad;
+}
+
+
+void auth_delayed_destroy(struct auth_delayed *ad)
+{
+	size_t i;
+
+	if(ad == NULL){
+		return;
+	}
+	pthread_mutex_lock(&ad->lock);
+	ad->stopping = true;
+	pthread_cond_broadcast(&ad->work);
+	pthread_mutex_unlock(&ad->lock);
+	for(i = 0; i < ad->started; i++){
+		pthread_join(ad->threads[i], NULL);
+	}
+	for(i = 0; i < AUTH_DELAYED_WORKERS; i++){
+		policy_client_destroy(ad->clients[i]);
+	}
+	for(i = 0; i < AUTH_DELAYED_MAX; i++){
+		job_clear(&ad->jobs[i]);
+	}
+	pthread_cond_destroy(&ad->work);
+	pthread_mutex_destroy(&ad->lock);
+	free(ad);
+}
+
+
+static char *dup_or_null(const char *s, size_t len, bool *failed)
+{
+	char *copy;
+
+	if(s == NULL){
+		return NULL;
+	}
+	copy = malloc(len + 1);
+	if(copy == NULL){
+		*failed = true;
+		return NULL;
+	}
+	memcpy(copy, s, len);
+	copy[len] = '\0';
+	return copy;
+}
+
+
+/* Copies the request into a free slot; false when none is free or memory is short. */
+static bool job_fill(struct auth_job *job, const struct policy_auth_request *req)
+{
+	bool failed = false;
+
+	job->client_id = dup_or_null(req->client_id, req->client_id_len, &failed);
+	job->username = dup_or_null(req->username, req->username_len, &failed);
+	job->password = dup_or_null(req->password, req->password_len, &failed);
+	job->peer_address = req->peer_address ? dup_or_null(req->peer_address, strlen(req->peer_address), &failed) : NULL;
+	job->has_password = req->has_password;
+	if(req->certificate_der != NULL){
+		job->der = malloc(req->certificate_der_len);
+		if(job->der == NULL){
+			failed = true;
+		}else{
+			memcpy(job->der, req->certificate_der, req->certificate_der_len);
+			job->der_len = req->certificate_der_len;
+		}
+	}
+	return !failed && job->client_id != NULL;
+}
+
+
+int auth_delayed_begin(struct auth_delayed *ad, struct mosquitto *client, const struct policy_auth_request *req)
+{
+	struct auth_job *slot = NULL;
+	size_t i;
+
+	if(req->client_id == NULL || req->client_id_len == 0 || req->certificate_der_len > AUTH_DELAYED_DER_MAX){
+		return MOSQ_ERR_AUTH;
+	}
+	pthread_mutex_lock(&ad->lock);
+	for(i = 0; i < AUTH_DELAYED_MAX; i++){
+		struct auth_job *job = &ad->jobs[i];
+
+		if(job->state == JOB_FREE){
+			if(slot == NULL){
+				slot = job;
+			}
+		}else if(!job->superseded && strcmp(job->client_id, req->client_id) == 0){
+			/* 2.1 refuses a second CONNECT while one with this id waits, so the
+			 * older one is gone: its answer must never reach this one. */
+			ad->stats.superseded++;
+			if(job->state == JOB_QUEUED){
+				job_clear(job);   /* not asked yet: not worth asking */
+				ad->waiting--;
+				if(slot == NULL){
+					slot = job;
+				}
+			}else{
+				job->superseded = true;
+			}
+		}
+	}
+	if(slot == NULL || !job_fill(slot, req)){
+		if(slot != NULL){
+			job_clear(slot);
+		}
+		ad->stats.overflow++;
+		pthread_mutex_unlock(&ad->lock);
+		if(log_limiter_admit(&ad->overflow_log)){
+			plog_admitted(&ad->overflow_log, MOSQ_LOG_WARNING, "CONNECT refused: %d CONNECTs already wait "
+					"for policyd (or out of memory)", AUTH_DELAYED_MAX);
+		}
+		return MOSQ_ERR_AUTH;
+	}
+	slot->seq = ad->next_seq++;
+	slot->state = JOB_QUEUED;
+	ad->waiting++;
+	ad->stats.queued++;
+	pthread_cond_signal(&ad->work);
+	pthread_mutex_unlock(&ad->lock);
+	/* Until policyd names it, the client has no identity: nothing the broker
+	 * does for it before the completion may use the username it sent. */
+	mosquitto_set_username(client, NULL);
+	return MOSQ_ERR_AUTH_DELAYED;
+}
+
+
+/* Hands one answer to the broker. The identity is set by auth_delayed_claim()
+ * from inside the broker's call, on the pointer it passes to our callbacks. */
+static void auth_delayed_complete(struct policyd_plugin *plugin, struct auth_job *job)
+{
+	struct auth_delayed *ad = plugin->auth_delayed;
+	broker_complete_basic_auth_fn complete = broker_complete_basic_auth();
+	int rc = auth_outcome(plugin, job->client_id, &job->result);
+
+	if(rc != MOSQ_ERR_SUCCESS){
+		complete(job->client_id, rc);
+		return;
+	}
+	ad->completing_id = job->client_id;
+	ad->completing_identity = job->result.username;
+	ad->completing_by_password = job->der == NULL;
+	ad->completing_claimed = false;
+	complete(job->client_id, MOSQ_ERR_SUCCESS);
+	if(!ad->completing_claimed){
+		/* Gone while it waited (the broker found no such CONNECT), or its
+		 * CONNACK failed: either way no client runs with this answer. */
+		plog(MOSQ_LOG_DEBUG, "CONNECT answered after its client had gone");
+	}
+	ad->completing_id = NULL;
+	ad->completing_identity = NULL;
+}
+
+
+void auth_delayed_on_tick(struct policyd_plugin *plugin)
+{
+	struct auth_delayed *ad = plugin->auth_delayed;
+	struct auth_job *job;
+	size_t i;
+
+	if(ad == NULL){
+		return;
+	}
+	for(i = 0; i < AUTH_DELAYED_MAX; i++){
+		job = &ad->jobs[i];
+		pthread_mutex_lock(&ad->lock);
+		if(job->state != JOB_ANSWERED){
+			pthread_mutex_unlock(&ad->lock);
+			continue;
+		}
+		ad->stats.completed += job->superseded ? 0 : 1;
+		pthread_mutex_unlock(&ad->lock);
+		/* ANSWERED slots belong to the main thread: no worker touches them. */
+		if(!job->superseded){
+			auth_delayed_complete(plugin, job);
+		}
+		pthread_mutex_lock(&ad->lock);
+		job_clear(job);
+		ad->waiting--;
+		pthread_mutex_unlock(&ad->lock);
+	}
+}
+
+
+void auth_delayed_claim(struct policyd_plugin *plugin, struct mosquitto *client)
+{
+	struct auth_delayed *ad = plugin->auth_delayed;
+	const char *id;
+
+	if(ad == NULL || ad->completing_id == NULL || ad->completing_claimed || client == NULL){
+		return;
+	}
+	id = mosquitto_client_id(client);
+	if(id == NULL || strcmp(id, ad->completing_id) != 0 || mosquitto_client_username(client) != NULL){
+		return;
+	}
+	ad->completing_claimed = true;
+	auth_set_identity(plugin, client, id, ad->completing_identity, ad->completing_by_password);
+}
+
+
+bool auth_delayed_waiting(const struct auth_delayed *ad)
+{
+	size_t waiting;
+
+	if(ad == NULL){
+		return false;
+	}
+	pthread_mutex_lock((pthread_mutex_t *)&ad->lock);
+	waiting = ad->waiting;
+	pthread_mutex_unlock((pthread_mutex_t *)&ad->lock);
+	return waiting > 0;
+}
+
+
+void auth_delayed_get_stats(const struct auth_delayed *ad, struct auth_delayed_stats *out)
+{
+	memset(out, 0, sizeof(*out));
+	if(ad == NULL){
+		return;
+	}
+	pthread_mutex_lock((pthread_mutex_t *)&ad->lock);
+	*out = ad->stats;
+	pthread_mutex_unlock((pthread_mutex_t *)&ad->lock);
+}
