@@ -30,6 +30,7 @@ struct auth_job {
 	enum job_state state;
 	bool superseded;                  /* a newer CONNECT took this client id */
 	uint64_t seq;                     /* queue order */
+	uintptr_t client_addr;            /* compared, never dereferenced: the client may be gone */
 	char *client_id;
 	char *username;
 	char *password;
@@ -59,6 +60,7 @@ struct auth_delayed {
 	struct auth_delayed_stats stats;  /* under lock */
 	/* Main thread only: the answer being handed to the broker right now. */
 	const char *completing_id;
+	uintptr_t completing_addr;
 	const char *completing_identity;
 	bool completing_by_password;
 	bool completing_claimed;
@@ -282,6 +284,7 @@ int auth_delayed_begin(struct auth_delayed *ad, struct mosquitto *client, const 
 		return MOSQ_ERR_AUTH;
 	}
 	slot->seq = ad->next_seq++;
+	slot->client_addr = (uintptr_t)client;
 	slot->state = JOB_QUEUED;
 	ad->waiting++;
 	ad->stats.queued++;
@@ -307,6 +310,7 @@ static void auth_delayed_complete(struct policyd_plugin *plugin, struct auth_job
 		return;
 	}
 	ad->completing_id = job->client_id;
+	ad->completing_addr = job->client_addr;
 	ad->completing_identity = job->result.username;
 	ad->completing_by_password = job->der == NULL;
 	ad->completing_claimed = false;
@@ -356,7 +360,10 @@ void auth_delayed_claim(struct policyd_plugin *plugin, struct mosquitto *client)
 	struct auth_delayed *ad = plugin->auth_delayed;
 	const char *id;
 
-	if(ad == NULL || ad->completing_id == NULL || ad->completing_claimed || client == NULL){
+	/* The client that sent this CONNECT, not another one with its id (a
+	 * session it takes over, whose will the broker checks meanwhile). */
+	if(ad == NULL || ad->completing_id == NULL || ad->completing_claimed || client == NULL
+			|| (uintptr_t)client != ad->completing_addr){
 		return;
 	}
 	id = mosquitto_client_id(client);

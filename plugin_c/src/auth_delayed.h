@@ -10,8 +10,9 @@
  * a client pointer past the callback that gave it: the client's username is
  * cleared at BASIC_AUTH, and the identity is set from inside the completion,
  * on the pointer the broker hands to the first callback it makes for that
- * client id (an ACL check of a resumed session's messages, or
- * MOSQ_EVT_CONNECT). A newer CONNECT with the same client id supersedes an
+ * client (an ACL check of a resumed session's messages, or
+ * MOSQ_EVT_CONNECT) — the same client that sent the CONNECT, recognised by
+ * its address, which is compared but never dereferenced before then. A newer CONNECT with the same client id supersedes an
  * older one's answer, which is then dropped. 2.0 keeps the synchronous path.
  */
 #ifndef POLICYD_AUTH_DELAYED_H
