@@ -97,6 +97,56 @@ static int plugin_on_tick(int event, void *event_data, void *userdata)
 }
 
 
+/* The broker's main thread: every callback of ours runs there, and nothing of
+ * ours is safe anywhere else. Mosquitto 2.1's HTTP API asks BASIC_AUTH and
+ * ACL_CHECK from libmicrohttpd's own thread, with a stand-in client (id
+ * "http-api", the URL path as topic); such checks are refused without touching
+ * the plugin's state (docs/versions.md). */
+static pthread_t plugin_main_thread;
+static atomic_ulong plugin_foreign_refused;
+
+static int plugin_refuse_foreign(int event)
+{
+	unsigned long n = atomic_fetch_add(&plugin_foreign_refused, 1) + 1;
+
+	/* No shared limiter off the main thread: log the 1st, 2nd, 4th, 8th... */
+	if((n & (n - 1)) == 0){
+		plog(MOSQ_LOG_WARNING, "%s asked from outside the broker's main thread (Mosquitto's HTTP API?): "
+				"refused (%lu so far)", event == MOSQ_EVT_BASIC_AUTH ? "authentication" : "access check", n);
+	}
+	return event == MOSQ_EVT_BASIC_AUTH ? MOSQ_ERR_AUTH : MOSQ_ERR_ACL_DENIED;
+}
+
+
+static int plugin_on_acl_check(int event, void *event_data, void *userdata)
+{
+	struct policyd_plugin *plugin = userdata;
+	const struct mosquitto_evt_acl_check *ed = event_data;
+
+	if(!pthread_equal(pthread_self(), plugin_main_thread)){
+		return plugin_refuse_foreign(event);
+	}
+	if(plugin != NULL && ed != NULL){
+		auth_delayed_claim(plugin, ed->client);
+	}
+	return acl_check_callback(event, event_data, userdata);
+}
+
+
+/* 2.1, identity mode: the end of a delayed CONNECT's completion. */
+static int plugin_on_connect(int event, void *event_data, void *userdata)
+{
+	struct policyd_plugin *plugin = userdata;
+	const struct broker_evt_connect *ed = event_data;
+
+	(void)event;
+	if(plugin != NULL && ed != NULL){
+		auth_delayed_claim(plugin, ed->client);
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
+
 static int plugin_on_basic_auth(int event, void *event_data, void *userdata)
 {
 	if(!pthread_equal(pthread_self(), plugin_main_thread)){
