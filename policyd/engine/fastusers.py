@@ -70,7 +70,7 @@ _LINE = re.compile(rf"""
 # The section's own line.
 _SECTION = re.compile(rf"^users:(?:\ +{_COMMENT})?\ *\n", re.MULTILINE | re.VERBOSE)
 # Line breaks YAML knows besides \n, and the byte order mark (YAML skips it).
-_NOT_NEWLINE_BREAKS = re.compile("[\r\x85\u2028\u2029\ufeff]")
+_NOT_NEWLINE_BREAKS = "\r\x85\u2028\u2029\ufeff"  # each looked for with `in` (memchr): 12 MB in ~1 ms
 _NEXT_KEY_START = re.compile(r"[A-Za-z0-9_\"']")
 _QUOTES = frozenset("'\"")  # plain words in NULL_WORDS are null; quoted they are text
 _ACCESS_WORDS = frozenset(ACCESS_WORDS)
@@ -97,7 +97,7 @@ class UsersSection:
 
 def read_users_section(text: str, file: str) -> UsersSection | Miss:
     """The users section in the regular form, or why not."""
-    if _NOT_NEWLINE_BREAKS.search(text):
+    if any(char in text for char in _NOT_NEWLINE_BREAKS):
         # YAML also breaks lines at these: a `users:` line of ours could sit inside one of
         # its quoted scalars, and its line numbers would not be ours.
         return Miss(0, "a line break other than \\n (\\r, \\x85, \\u2028, \\u2029) or a byte order mark")
