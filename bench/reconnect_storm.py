@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Reconnect storm: every device connects over TLS at once to a fresh broker (cold caches).
+
+What a fleet sees after a broker restart. --devices devices (EC P-256 certificates, made once and
+kept under .bench/pki), driven by one load-generator process (bench/loadgen.c, one poll loop):
+all connect at once, each subscribes to `/device/<id>/#`, publishes one QoS 1 message to
+`/device/<id>/t` once its SUBACK is in, and waits for it to come back. Under policyd each device
+costs three checks the plugin has never seen: SUBSCRIBE, WRITE, READ.
+
+Per configuration (no ACL, acl_file with the seed pattern, policyd with the seed rules and an empty
+cache; a fresh broker, and for policyd a fresh daemon, for every run; the configurations take
+turns within each round), medians of --rounds rounds:
+
+  wall        from the first connect to the last device receiving its own message
+  broker CPU  utime+stime of the broker process over the same interval (/proc, 10 ms ticks)
+  daemon CPU  the same for `policyd serve`
+  SUBACK / PUBACK p50, p99: SUBSCRIBE→SUBACK and PUBLISH→PUBACK seen by the devices: each is one
+              check (a miss under policyd) plus the broker's queue during the storm
+  decision    the daemon's own time per CheckAcl (its policyd_decision_duration_seconds histogram)
+  RSS/conn    the broker's resident memory after the storm minus before, per device
+
+    .venv/bin/python bench/reconnect_storm.py [--devices 2000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+
+from stack import (LABELS, Broker, broker_config, build_loadgen, cached_pki, cpu_seconds, device_names,
+                   loadgen_args, median, rss_kib, start_daemon)
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent / "tests"))
+from harness import free_port, make_workdir  # noqa: E402
+
+STORM_CONFIGS = ("none", "acl_file", "policyd")
+# Under the storm a cold check may queue behind thousands of others at the daemon: the default
+# 100 ms deadline would deny some of them, which would make policyd look faster than it is.
+POLICYD_STORM = "auth_opt_policyd_timeout_ms 5000\n"
+
+
+def decision_seconds(metrics_port: int) -> tuple[float, int]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    total = count = 0.0
+    for line in text.splitlines():
+        if line.startswith("policyd_decision_duration_seconds_sum"):
+            total = float(line.split()[-1])
+        elif line.startswith("policyd_decision_duration_seconds_count"):
+            count = float(line.split()[-1])
+    return total, int(count)
+
+
+def storm_once(config: str, pki, devices: list[str]) -> dict:
+    workdir = make_workdir("policyd-storm-")
+    metrics_port = free_port()
+    daemon = (start_daemon(workdir, "--metrics-listen", f"127.0.0.1:{metrics_port}")
+              if config == "policyd" else None)
+    broker = Broker(workdir, pki, daemon, broker_config(config, workdir, devices, POLICYD_STORM))
+    gen = None
+    try:
+        broker.start()
+        time.sleep(0.5)
+        pid = broker.proc.pid
+        rss0, cpu0 = rss_kib(pid), cpu_seconds(pid)
+        dcpu0 = cpu_seconds(daemon.proc.pid) if daemon else 0.0
+        gen = subprocess.Popen(loadgen_args(broker, "--mode", "storm", "--devices", str(len(devices)),
+                                            "--timeout", "300"),
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = gen.stdout.readline()
+        cpu1, rss1 = cpu_seconds(pid), rss_kib(pid)
+        dcpu1 = cpu_seconds(daemon.proc.pid) if daemon else 0.0
+        if not line.startswith("STORM"):
+            raise RuntimeError(f"storm failed (rc={gen.wait()}):\n{broker.log()[-2000:]}")
+        fields = dict(kv.split("=") for kv in line.split()[1:])
+        decided = decision_seconds(metrics_port) if daemon else (0.0, 0)
+        gen.stdin.write("quit\n")
+        gen.stdin.flush()
+        gen.wait(timeout=60)
+    finally:
+        if gen and gen.poll() is None:
+            gen.kill()
+        broker.stop()
+        if daemon:
+            daemon.stop()
+    entries = re.findall(r"entries=(\d+)", broker.log())
+    shutil.rmtree(workdir, ignore_errors=True)
+    row = {k: float(v) for k, v in fields.items()}
+    row.update(config=config, broker_cpu=cpu1 - cpu0, daemon_cpu=dcpu1 - dcpu0,
+               rss_per_conn_kib=(rss1 - rss0) / len(devices),
+               decision_us=decided[0] / decided[1] * 1e6 if decided[1] else 0.0, decisions=decided[1],
+               cache_entries=int(entries[-1]) if entries else 0)
+    return row
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--devices", type=int, default=2000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", default=",".join(STORM_CONFIGS))
+    args = ap.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, max(soft, args.devices * 2 + 1024))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))  # the broker and the load generator inherit it
+    build_loadgen()
+    pki = cached_pki(args.devices)
+    devices = device_names(args.devices)
+    configs = [c for c in STORM_CONFIGS if c in args.only.split(",")]
+    runs: dict[str, list[dict]] = {c: [] for c in configs}
+    for _ in range(args.rounds):
+        for c in configs:
+            runs[c].append(storm_once(c, pki, devices))
+
+    def med(c: str, key: str) -> float:
+        return median([r[key] for r in runs[c]])
+
+    anchor = "acl_file" if "acl_file" in configs else configs[0]
+    print(f"{args.devices} TLS devices connect at once, subscribe, publish one QoS 1 message, receive it; "
+          f"medians of {args.rounds} rounds, fresh broker (and daemon) each")
+    print(f"{'configuration':36} {'wall s':>7} {'× acl':>6} {'brk CPU s':>9} {'× acl':>6} {'dmn CPU s':>9} "
+          f"{'SUBACK p50/p99 ms':>18} {'PUBACK p50/p99 ms':>18} {'decide µs':>9} {'RSS KiB/conn':>12}")
+    for c in configs:
+        print(f"{LABELS[c]:36} {med(c, 'wall'):7.2f} {med(c, 'wall') / med(anchor, 'wall'):6.2f} "
+              f"{med(c, 'broker_cpu'):9.2f} {med(c, 'broker_cpu') / med(anchor, 'broker_cpu'):6.2f} "
+              f"{med(c, 'daemon_cpu'):9.2f} "
+              f"{med(c, 'suback_p50') * 1e3:8.1f}/{med(c, 'suback_p99') * 1e3:<9.1f} "
+              f"{med(c, 'puback_p50') * 1e3:8.1f}/{med(c, 'puback_p99') * 1e3:<9.1f} "
+              f"{med(c, 'decision_us'):9.0f} {med(c, 'rss_per_conn_kib'):12.1f}")
+    for c in configs:
+        print(f"  {c}: walls {[round(r['wall'], 2) for r in runs[c]]}, "
+              f"broker CPU {[round(r['broker_cpu'], 2) for r in runs[c]]}, "
+              f"cache entries at exit {[r['cache_entries'] for r in runs[c]]}, "
+              f"decisions {[r['decisions'] for r in runs[c]]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
