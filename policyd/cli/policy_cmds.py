@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from ..engine import Access, PolicyLoadError, Request, compile_policy, parse_text, read_file
 from ..engine.acl_import import import_acl
 from ..engine.policy_tests import parse_tests, run_tests
-from .common import print_problems
+from ..engine.model import MOSQUITTO, ORDERS
+from .common import OutputError, print_problems, write_output
 
 
 def add_subparsers(sub) -> None:
@@ -39,7 +39,13 @@ def add_subparsers(sub) -> None:
 
     p = sub.add_parser("import-acl", help="convert a Mosquitto acl_file into rules YAML, keeping its decisions")
     p.add_argument("aclfile", help="Mosquitto acl_file to convert")
-    p.add_argument("-o", "--output", help="write the rules here (default: standard output)")
+    p.add_argument("-o", "--output", help="write the rules here, mode 0640 (default: standard output)")
+    p.add_argument("--order", choices=ORDERS, default=MOSQUITTO,
+                   help="rule order of the output: mosquitto (default) decides exactly as the acl_file; "
+                        "deny-first (policyd's default: any deny wins, SUBSCRIBE filters checked) where "
+                        "that decides every publish and delivery the same, an error otherwise")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="report progress on standard error every 100,000 lines (default: when it is a terminal)")
     p.set_defaults(func=cmd_import_acl)
 
 
@@ -132,21 +138,24 @@ def cmd_import_acl(args: argparse.Namespace) -> int:
     except UnicodeDecodeError as exc:
         print(f"{args.aclfile}: not valid UTF-8 at byte {exc.start}", file=sys.stderr)
         return 2
-    rules, problems = import_acl(text, args.aclfile)
+    show = args.progress if args.progress is not None else sys.stderr.isatty()
+    progress = (lambda done, total: print(f"{args.aclfile}: {done}/{total} lines read", file=sys.stderr,
+                                          flush=True)) if show else None
+    # The output is a valid rules file by construction (the tests load every output they make);
+    # `policyd validate` it before putting it in force.
+    rules, problems = import_acl(text, args.aclfile, args.order, progress)
     print_problems(problems)
     if rules is None:
         print(f"{args.aclfile}: not converted (see the errors above)", file=sys.stderr)
         return 1
-    try:  # the output must itself be a valid rules file; a failure here is our bug
-        parse_text(rules.encode(), args.output or "<output>")
-    except PolicyLoadError as exc:
-        print_problems(exc.problems)
-        return 2
+    if progress is not None:
+        print(f"{args.aclfile}: converted ({len(rules)} bytes)", file=sys.stderr, flush=True)
     if args.output:
-        tmp = f"{args.output}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(rules)
-        os.replace(tmp, args.output)  # never a half-written rules file
+        try:
+            write_output(args.output, rules.encode(), 0o640)  # never a half-written rules file
+        except OutputError as exc:
+            print(exc, file=sys.stderr)
+            return 2
     else:
         sys.stdout.write(rules)
     return 0

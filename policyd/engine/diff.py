@@ -19,6 +19,13 @@ list (KICK_ALL_NAMED, KICK_ANONYMOUS); each broker disconnects the clients of
 that class it has. Messages already queued for a client are not checked again
 by Mosquitto, so only a disconnect stops their delivery (docs/operations.md).
 
+With `order: mosquitto` the same holds: a client's own rules come first and,
+inside each stage, denies first, so adding an allow or removing a deny still
+never takes anything away. Leaving that order for the default one can: a
+pattern deny then beats the user's own allows, so every identity with allow
+rules of its own is kicked when the new patterns have a deny (the reverse
+change only ever allows more).
+
 Rule order within a rule set does not change any allow/deny outcome, so rules
 are compared as sets of (topic, access); a rule's source position is not part
 of that, so moving a rule in the file or editing elsewhere kicks nobody. Rules
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from .model import MOSQUITTO
 from .policy import CompiledPolicy
 
 Grants = tuple[frozenset[tuple[str, str]], frozenset[str]]  # UserRuleSets.grants
@@ -49,6 +57,9 @@ def lost_access(old: Grants, new: Grants) -> bool:
 def usernames_to_kick(old: CompiledPolicy, new: CompiledPolicy) -> frozenset[str]:
     """Identities whose access `new` may have reduced; sorted use is up to the caller."""
     kicked = set(old.superusers - new.superusers)
+    if old.order == MOSQUITTO and new.order != MOSQUITTO and new.patterns.denies:
+        kicked.update(name for name in new.users
+                      if name not in new.superusers and new.users.grants(name)[0])
     by_text = _by_text(old, new)
     for name in _maybe_changed(old, new, by_text):
         if name in new.superusers or name in kicked:

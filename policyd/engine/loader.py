@@ -26,12 +26,12 @@ from ..identity.spec import IdentitySpec, Revocations, read_identity, read_revok
 from . import topics
 from .fastusers import Miss, read_users_section, rest_is_separate
 from .fastyaml import MAP_TAG, NULL_TAG, STR_TAG, compose, no_gc, outside_the_schema, release
-from .model import ACCESS_WORDS, UNSAFE_IDENTITY_CHARS, Problem, RuleSpec, SourceRef, identity_problem  # noqa: F401 - re-exported
+from .model import ACCESS_WORDS, DENY_FIRST, MOSQUITTO, ORDERS, UNSAFE_IDENTITY_CHARS, Problem, RuleSpec, SourceRef, identity_problem  # noqa: F401 - re-exported
 from .shadow import shadow_warnings
 from .templates import NEEDS_FILTER_CHECK, TEMPLATES, rule_filter_problem
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
-TOP_LEVEL_KEYS = ("superusers", "users", "groups", "certificates", "patterns", "anonymous",
+TOP_LEVEL_KEYS = ("order", "superusers", "users", "groups", "certificates", "patterns", "anonymous",
                   "identity", "revoked", "passwords")  # the last three: policyd.identity
 RULE_KEYS = ("topic", "access")
 GROUP_KEYS = ("members", "rules")
@@ -74,6 +74,7 @@ class PolicySpec:
     identity: IdentitySpec = IdentitySpec()   # certificate → identity at CONNECT (docs/identity.md)
     revoked: Revocations = Revocations()      # certificates refused at CONNECT and kicked on reload
     passwords: dict = field(default_factory=dict)  # username -> PasswordHash (password clients)
+    order: str = DENY_FIRST                   # model.ORDERS: how the rule sets are checked
     # How the users section was read: "fast" (engine/fastusers.py) or "yaml: <why not fast>".
     reader: str = field(default="yaml", compare=False)
     # Fast reader only: each identity's block as written (the kick diff's shortcut).
@@ -98,6 +99,7 @@ class _Reader:
         self.file = file
         self.problems: list[Problem] = []
         self._seen: set[int] = set()
+        self.order = DENY_FIRST  # read before the other sections: it changes what patterns may be
 
     def ref(self, node: yaml.Node | None, key: str) -> SourceRef:
         if node is None:
@@ -235,7 +237,7 @@ class _Reader:
         if why is not None:
             self.error(node, key, why)
             return False
-        if pattern and not any(level in TEMPLATES for level in topic.split("/")):
+        if pattern and not any(level in TEMPLATES for level in topic.split("/")) and self.order != MOSQUITTO:
             self.error(node, key, f"pattern {topic!r} has no %u or %c: it would apply to every client alike "
                                   "(put it under a user, a group or anonymous instead)")
             return False
@@ -249,6 +251,7 @@ class _Reader:
             self.error(None, "", "the rules file is empty (write `users: {}` for a policy that denies everything)")
             return None
         parts: dict[str, object] = {} if users is None else {"users": users}
+        self._read_order(root)
         for name, knode, vnode in self.mapping(root, ""):
             if name not in TOP_LEVEL_KEYS:
                 self.error(knode, name, f"unknown key {name!r} (expected {', '.join(TOP_LEVEL_KEYS)})")
@@ -257,6 +260,18 @@ class _Reader:
         if any(p.severity == "error" for p in self.problems):
             return None
         return PolicySpec(file=self.file, sha256=sha256, **parts)  # type: ignore[arg-type]
+
+    def _read_order(self, root: yaml.Node) -> None:
+        if isinstance(root, yaml.MappingNode):
+            for knode, vnode in root.value:
+                if isinstance(knode, yaml.ScalarNode) and knode.value == "order" and isinstance(vnode, yaml.ScalarNode):
+                    self.order = vnode.value
+
+    def _section_order(self, node: yaml.Node, key: str) -> str:
+        word = self.text(node, key)
+        if word is not None and word not in ORDERS:
+            self.error(node, key, f"unknown order {word!r} (expected {', '.join(ORDERS)})")
+        return word or DENY_FIRST
 
     def _section_superusers(self, node: yaml.Node, key: str) -> tuple[str, ...]:
         names = []

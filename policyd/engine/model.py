@@ -35,6 +35,12 @@ GRANTS = {
 }
 ACCESS_WORDS = tuple(GRANTS)
 
+# A rules file's `order:`: every deny wins (the default), or Mosquitto 2.0's acl_file
+# order, where a client's own rules decide before the patterns (engine/policy.py).
+DENY_FIRST = "deny-first"
+MOSQUITTO = "mosquitto"
+ORDERS = (DENY_FIRST, MOSQUITTO)
+
 
 class SourceRef(NamedTuple):  # a tuple: 100,000-rule files make hundreds of thousands
     """Where something was written: file, 1-based line and column, dotted key."""

@@ -11,6 +11,14 @@ Decision order (docs/rules.md has the full reference and the reasons):
   5. Any matching deny rule denies (deny wins across all rule sets).
   6. The first allow rule that matches and grants the access allows.
   7. Otherwise: deny.
+
+With `order: mosquitto` (Mosquitto 2.0's acl_file order, src/security_default.c)
+the rules are checked in two stages, each deny-first then allow, and the first
+stage that decides wins: (a) the client's own rules (anonymous rules for a
+client without a username; user, group and certificates rules otherwise),
+(b) the patterns (for a client without a username, those without %u). A
+client whose username or client id holds `+` or `#` is denied at stage (b), and
+every SUBSCRIBE to a valid filter is granted: messages are checked at delivery.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from ..identity.spec import IdentityPolicy
 from . import topics
 from .fastyaml import no_gc
 from .loader import CertificateSpec, PolicySpec, RuleSpec, identity_problem
-from .model import GRANTS, Access, Decision, Request, TraceStep
+from .model import DENY_FIRST, GRANTS, MOSQUITTO, Access, Decision, Request, TraceStep
 from .templates import compile_topic
 
 
@@ -265,15 +273,26 @@ class CompiledPolicy:
     # Each identity's block as the fast reader found it (empty otherwise): equal text, equal rules.
     user_sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     reader: str = field(default="yaml", compare=False)  # PolicySpec.reader: how the users were read
+    order: str = DENY_FIRST
+    anonymous_patterns: RuleSet = EMPTY  # order mosquitto: the patterns without %u
     # Not copied by with_generation (init=False): each published object retires on its own.
     lifecycle: _Lifecycle = field(default_factory=_Lifecycle, init=False, compare=False, repr=False)
 
     def rule_sets(self, ident: Identity, attributes=None) -> tuple[RuleSet, ...]:
         """The rule sets that apply to a client, in the order they are checked."""
+        return tuple(rules for stage in self.stages(ident, attributes) for rules in stage)
+
+    def stages(self, ident: Identity, attributes=None) -> tuple[tuple[RuleSet, ...], ...]:
+        """The rule sets that apply to a client, grouped by stage: within a stage
+        any matching deny wins; the first stage that decides is the answer."""
         if ident.anonymous:
-            return (self.anonymous,)
+            if self.order == MOSQUITTO:
+                return (self.anonymous,), (self.anonymous_patterns,)
+            return ((self.anonymous,),)
         own = self.users.get(ident.username, EMPTY) if ident.username_safe else EMPTY
-        return (own, *self.certificate_rule_sets(attributes), self.patterns)
+        if self.order == MOSQUITTO:
+            return (own, *self.certificate_rule_sets(attributes)), (self.patterns,)
+        return ((own, *self.certificate_rule_sets(attributes), self.patterns),)
 
     def certificate_rule_sets(self, attributes) -> tuple[RuleSet, ...]:
         """Rule sets of the entries these attributes match, in file order."""
@@ -390,6 +409,8 @@ def _compile(spec: PolicySpec) -> CompiledPolicy:
         identity=IdentityPolicy(spec.identity, spec.revoked, spec.passwords),
         user_sources=spec.user_sources,
         reader=spec.reader,
+        order=spec.order,
+        anonymous_patterns=RuleSet.of(tuple(r for r in spec.patterns if "%u" not in r.templates)),
     )
 
 
@@ -418,9 +439,31 @@ def _evaluate(policy: CompiledPolicy, request: Request, trace: Optional[list[Tra
     if ident.username_safe and ident.username in policy.superusers:
         return Decision(True, "superuser")
 
-    rule_sets = policy.rule_sets(ident, request.attributes)
+    if access is Access.SUBSCRIBE and policy.order == MOSQUITTO:
+        return Decision(True, "subscribe-granted: order mosquitto checks each message at delivery")
 
-    for rules in rule_sets:
+    for number, stage in enumerate(policy.stages(ident, request.attributes)):
+        if number and policy.order == MOSQUITTO and _wildcard_identity(request):
+            return Decision(False, "wildcard-identity: a username or client id with + or # "
+                                   "gets nothing from patterns (order mosquitto)")
+        decision = _evaluate_stage(stage, ident, access, subject, trace)
+        if decision is not None:
+            return decision
+    return Decision(False, "default-deny: no rule grants this")
+
+
+def _wildcard_identity(request: Request) -> bool:
+    for value in (request.username, request.clientid):
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        if value is not None and ("+" in value or "#" in value):
+            return True
+    return False
+
+
+def _evaluate_stage(stage: tuple[RuleSet, ...], ident: Identity, access: Access, subject: tuple[str, ...],
+                    trace: Optional[list[TraceStep]]) -> Optional[Decision]:
+    for rules in stage:
         for rule in rules.denies:
             verdict = _deny_verdict(rule, ident, access, subject)
             if trace is not None:
@@ -428,15 +471,14 @@ def _evaluate(policy: CompiledPolicy, request: Request, trace: Optional[list[Tra
             if verdict[0] == "deny":
                 return Decision(False, "deny-rule", rule)
 
-    for rules in rule_sets:
+    for rules in stage:
         for rule in rules.allows:
             verdict = _allow_verdict(rule, ident, access, subject)
             if trace is not None:
                 trace.append(TraceStep(rule, verdict[0], verdict[1]))
             if verdict[0] == "allow":
                 return Decision(True, "rule", rule)
-
-    return Decision(False, "default-deny: no rule grants this")
+    return None
 
 
 def _client_id_problem(policy: CompiledPolicy, ident: Identity) -> Optional[str]:

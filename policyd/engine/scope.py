@@ -10,10 +10,12 @@ overrule the policy, so every rule is conservative:
 - superuser: every valid topic name is allowed -> `#` (which, by MQTT's
   `$` rule, does not reach `$SYS/...`; the shim matches the same way);
 - allowed by rule R: R's filter for this identity, provided no deny rule
-  that applies to the identity can match any topic under it;
+  checked with or before R (every deny rule, in the default order) can match
+  any topic under it;
 - denied by deny rule D: D's filter for this identity (deny wins whatever
-  else matches); a deny rule whose template has no safe value denies every
-  topic -> `#`;
+  else matches in its stage); a deny rule whose template has no safe value
+  denies every topic -> `#`. With `order: mosquitto`, a pattern deny only when
+  no rule of the client's own stage could allow any topic under it;
 - anything else (default deny, invalid topic, SUBSCRIBE, UNSUBSCRIBE): None.
 
 Only READ and WRITE (topic names) get a scope: a subscription is a filter,
@@ -50,32 +52,51 @@ def _scope(policy: CompiledPolicy, request: Request, decision: Decision) -> Opti
     rule = decision.rule
     if not isinstance(rule, CompiledRule):
         return None
+    # the same call policy._evaluate makes, so `certificates` entries matched by the
+    # request's attributes are included
+    stages = policy.stages(ident, request.attributes)
+    deciding = next((i for i, stage in enumerate(stages) if any(rule in rs.denies or rule in rs.allows
+                                                                  for rs in stage)), None)
+    if deciding is None:
+        return None
     if decision.allowed and decision.reason == "rule" and not rule.deny:
-        return _allow_scope(rule, _rule_sets(policy, ident, request), ident)
+        return _allow_scope(rule, stages[:deciding + 1], ident)
     if not decision.allowed and decision.reason == "deny-rule" and rule.deny:
-        levels = rule.expand(ident)
-        return MATCH_EVERYTHING if levels is None else _join(levels)
+        return _deny_scope(rule, stages[:deciding], ident, Access(request.access))
     return None
 
 
-def _rule_sets(policy: CompiledPolicy, ident: Identity, request: Request) -> tuple[RuleSet, ...]:
-    """The rule sets that apply to this identity (the same call policy._evaluate makes,
-    so `certificates` entries matched by the request's attributes are included)."""
-    return policy.rule_sets(ident, request.attributes)
-
-
-def _allow_scope(rule: CompiledRule, rule_sets: tuple[RuleSet, ...], ident: Identity) -> Optional[str]:
+def _allow_scope(rule: CompiledRule, stages: tuple[tuple[RuleSet, ...], ...], ident: Identity) -> Optional[str]:
+    """An allow holds over its filter when no deny of its stage or an earlier one can match there
+    (an earlier stage's allow only allows too)."""
     levels = rule.expand(ident)
     if levels is None:
         return None
-    for rules in rule_sets:
-        for deny in rules.denies:
-            deny_levels = deny.expand(ident)
-            # No safe value: that deny rule denies everything, so nothing is provable.
-            if deny_levels is None or topics.overlaps(deny_levels, levels):
-                return None
+    for stage in stages:
+        for rules in stage:
+            for deny in rules.denies:
+                deny_levels = deny.expand(ident)
+                # No safe value: that deny rule denies everything, so nothing is provable.
+                if deny_levels is None or topics.overlaps(deny_levels, levels):
+                    return None
     return _join(levels)
 
+
+def _deny_scope(rule: CompiledRule, earlier: tuple[tuple[RuleSet, ...], ...], ident: Identity,
+                access: Access) -> Optional[str]:
+    """A deny holds over its filter when no earlier stage can allow there (within its own
+    stage, deny wins whatever else matches)."""
+    levels = rule.expand(ident)
+    levels = (MATCH_EVERYTHING,) if levels is None else levels
+    for stage in earlier:
+        for rules in stage:
+            if rules.denies:
+                return None  # an earlier stage's deny would have decided a part of it first: keep it simple
+            for allow in rules.allows:
+                allow_levels = allow.expand(ident)
+                if access in allow.grants and allow_levels is not None and topics.overlaps(allow_levels, levels):
+                    return None
+    return _join(levels)
 
 def _join(levels: tuple[str, ...]) -> str:
     return "/".join(levels)

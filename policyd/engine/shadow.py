@@ -8,6 +8,8 @@ mistake worth pointing at. Scopes checked:
   * each group's rules, against the group's and the patterns' denies;
   * each certificates entry's rules, against the entry's and the patterns' denies;
   * the patterns, and the anonymous rules, each against their own denies.
+With `order: mosquitto` a client's own rules decide before the patterns, so the
+patterns' denies are left out of every scope but the patterns' own.
 A template level that is not known statically is kept as an opaque token, so
 only a deny that covers it for every value (`+`, `#`, or the same template) counts.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Iterable, Iterator, Optional
 
 from . import topics
-from .model import Problem
+from .model import MOSQUITTO, Problem
 from .templates import compile_topic
 
 if TYPE_CHECKING:
@@ -65,6 +67,8 @@ def _check(allows: list["RuleSpec"], denies: list["RuleSpec"], username: Optiona
 def shadow_warnings(spec: "PolicySpec") -> list[Problem]:
     pattern_denies, pattern_allows = _split(spec.patterns)
     out = list(_check(pattern_allows, pattern_denies, None, ""))
+    if spec.order == MOSQUITTO:
+        pattern_denies = []  # a later stage: it cannot shadow a client's own rules
     anon_denies, anon_allows = _split(spec.anonymous)
     out += _check(anon_allows, anon_denies, None, "")
 

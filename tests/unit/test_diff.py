@@ -134,21 +134,25 @@ def test_unrelated_user_change_kicks_only_that_user():
 TOPICS = ["a", "a/b", "a/+", "a/#", "#", "b/%u", "b/%u/#", "c/+/d"]
 WORDS = ["read", "write", "readwrite", "deny"]
 NAMES = ["u1", "u2", "u3"]
-PROBES = ["a", "a/b", "a/c", "b/u1", "b/u2/x", "c/q/d", "z"]
+PROBES = ["a", "a/b", "a/c", "b/u1", "b/u2/x", "c/q/d", "z", "a/u1", "a/u2", "a/u3", "b/u3"]
 
 rules_st = st.lists(st.tuples(st.sampled_from(TOPICS), st.sampled_from(WORDS)), max_size=4)
 policy_st = st.fixed_dictionaries({
+    "order": st.sampled_from(["deny-first", "mosquitto"]),
     "superusers": st.lists(st.sampled_from(NAMES), unique=True, max_size=2),
     "users": st.dictionaries(st.sampled_from(NAMES), rules_st, max_size=3),
 })
 
 
 def render(spec) -> str:
-    lines = [f"superusers: [{', '.join(spec['superusers'])}]", "users:" if spec["users"] else "users: {}"]
+    lines = [f"order: {spec['order']}", f"superusers: [{', '.join(spec['superusers'])}]",
+             "users:" if spec["users"] else "users: {}"]
     for name, rules in spec["users"].items():
         lines.append(f"  {name}:" if rules else f"  {name}: []")
         lines += [f"    - {{topic: '{t}', access: {a}}}" for t, a in rules]
-    lines += ["patterns:", "  - {topic: 'p/%u', access: readwrite}"]
+    # the same patterns in both files; their deny meets the users' rules differently in each order
+    lines += ["patterns:", "  - {topic: 'p/%u', access: readwrite}", "  - {topic: 'a/%u', access: deny}",
+              "  - {topic: 'b/%u', access: deny}"]
     return "\n".join(lines) + "\n"
 
 
@@ -169,12 +173,15 @@ def test_kick_list_covers_every_identity_that_lost_an_action(old_spec, new_spec)
 
 def render_regular(spec) -> str:
     """As render(), in the fast reader's form wherever a topic can be written plain."""
-    lines = [f"superusers: [{', '.join(spec['superusers'])}]", "users:" if spec["users"] else "users: {}"]
+    lines = [f"order: {spec['order']}", f"superusers: [{', '.join(spec['superusers'])}]",
+             "users:" if spec["users"] else "users: {}"]
     for name, rules in spec["users"].items():
         lines.append(f"  {name}:")
         for t, a in rules:
             lines += [f"    - topic: {t}", f"      access: {a}"] if t != "#" else [f"    - {{topic: '#', access: {a}}}"]
-    lines += ["patterns:", "  - {topic: 'p/%u', access: readwrite}"]
+    # the same patterns in both files; their deny meets the users' rules differently in each order
+    lines += ["patterns:", "  - {topic: 'p/%u', access: readwrite}", "  - {topic: 'a/%u', access: deny}",
+              "  - {topic: 'b/%u', access: deny}"]
     return "\n".join(lines) + "\n"
 
 

@@ -29,7 +29,7 @@ bogus: 1
         "rules.yaml:5:18: error: users.D1[1].acces: unknown key 'acces' (expected topic, access)",
         "rules.yaml:7:12: error: patterns[0].topic: pattern 'foo' has no %u or %c: it would apply to every "
         "client alike (put it under a user, a group or anonymous instead)",
-        "rules.yaml:9:1: error: bogus: unknown key 'bogus' (expected superusers, users, groups, certificates, patterns, anonymous, identity, revoked, passwords)",
+        "rules.yaml:9:1: error: bogus: unknown key 'bogus' (expected order, superusers, users, groups, certificates, patterns, anonymous, identity, revoked, passwords)",
     ]
 
 

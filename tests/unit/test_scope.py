@@ -45,7 +45,7 @@ def yaml_rules(rs, indent):
 
 @st.composite
 def policies(draw):
-    text = "superusers: [admin]\nusers:\n"
+    text = draw(st.sampled_from(["", "order: mosquitto\n"])) + "superusers: [admin]\nusers:\n"
     for user in ("u1", "u2"):
         text += f"  {user}:\n" + yaml_rules(draw(rules), 4)
     text += "patterns:\n" + yaml_rules(draw(rules), 2)
@@ -57,13 +57,16 @@ def policies(draw):
 
 
 # Weighted towards identities that have rules, so that allow and deny rules meet often.
-requests = st.builds(Request, st.sampled_from(["u1", "u1", "u2", None, None, "admin"]), st.sampled_from(CLIENTS),
+requests = st.builds(Request, st.sampled_from(["u1", "u1", "u2", None, None, "admin", "u#"]),
+                     st.sampled_from(CLIENTS + ["c+"]),
                      st.sampled_from(UNIVERSE), st.sampled_from([Access.READ, Access.WRITE]))
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(policies(), requests)
 def test_scope_is_never_wrong(policy, request):
+    # both orders: with `order: mosquitto` an allow of the client's own rules outranks a pattern
+    # deny, so a pattern deny's filter is no scope where the client's own rules allow inside it
     decision = policy.decide(request)
     scope = cache_scope(policy, request, decision)
     if scope is None:
@@ -113,3 +116,25 @@ def test_default_deny_subscribe_and_hostile_identities_get_no_scope():
     assert scope_of("Device124", "/device/Device124/#", Access.SUBSCRIBE) is None
     assert scope_of("a+b", "/device/a+b/t") is None
     assert scope_of(b"\xff", "/device/x/t") is None
+
+
+MOSQUITTO_ORDER = compile_policy(parse_text(b"""
+order: mosquitto
+users:
+  u1:
+    - {topic: a/b, access: readwrite}
+    - {topic: x/#, access: readwrite}
+patterns:
+  - {topic: a/#, access: deny}
+  - {topic: x/%u/secret, access: deny}
+""", "rules.yaml"))
+
+
+def test_mosquitto_order_scopes_respect_the_stages():
+    # a pattern deny's filter is no scope where the user's own rules allow inside it...
+    assert scope_of("u1", "a/c", policy=MOSQUITTO_ORDER) is None
+    assert not MOSQUITTO_ORDER.decide(Request("u1", "cid", "a/c", Access.WRITE)).allowed
+    assert MOSQUITTO_ORDER.decide(Request("u1", "cid", "a/b", Access.WRITE)).allowed
+    # ...and an own allow holds over its whole filter, pattern denies inside it notwithstanding
+    assert scope_of("u1", "x/u1/secret", policy=MOSQUITTO_ORDER) == "x/#"
+    assert scope_of("u2", "a/c", policy=MOSQUITTO_ORDER) == "a/#"   # no own rules: the deny's filter
