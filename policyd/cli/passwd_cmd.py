@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import sys
 
 from ..engine.loader import identity_problem
-from ..identity.passwords import DEFAULT_ITERATIONS, MAX_ITERATIONS, MIN_ITERATIONS, hash_password
+from ..identity.passwords import (DEFAULT_ITERATIONS, MAX_ITERATIONS, MIN_ITERATIONS, hash_password,
+                                  import_password_file)
+from .common import OutputError, print_problems, write_output
 
 
 def add_subparser(sub) -> None:
@@ -18,6 +21,15 @@ def add_subparser(sub) -> None:
     p.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS,
                    help=f"PBKDF2-SHA256 iterations (default {DEFAULT_ITERATIONS}; each CONNECT pays them)")
     p.set_defaults(func=cmd_passwd)
+
+    p = sub.add_parser("import-passwd", help="convert a Mosquitto password_file into a `passwords:` section",
+                       description="Reads Mosquitto's password_file ($7$ PBKDF2-SHA512 and $6$ SHA-512 "
+                       "hashes, as mosquitto_passwd writes them) and writes the `passwords:` section for the "
+                       "rules file: policyd verifies these hashes itself, so password clients keep their "
+                       "passwords.")
+    p.add_argument("password_file", help="Mosquitto password_file")
+    p.add_argument("-o", "--output", help="write the section here, mode 0600 (default: standard output)")
+    p.set_defaults(func=cmd_import_passwd)
 
 
 def cmd_passwd(args: argparse.Namespace) -> int:
@@ -39,3 +51,36 @@ def _read_password() -> str | None:
         return sys.stdin.readline().rstrip("\r\n")
     first = getpass.getpass("password: ")
     return first if getpass.getpass("again: ") == first else None
+
+
+def cmd_import_passwd(args: argparse.Namespace) -> int:
+    """Exit 0 converted (warnings on stderr), 1 not convertible (nothing written), 2 unreadable."""
+    try:
+        with open(args.password_file, "rb") as fh:
+            text = fh.read().decode("utf-8")
+    except OSError as exc:
+        print(f"{args.password_file}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError as exc:
+        print(f"{args.password_file}: not valid UTF-8 at byte {exc.start}", file=sys.stderr)
+        return 2
+    entries, problems = import_password_file(text, args.password_file)
+    print_problems(problems)
+    if any(p.severity == "error" for p in problems):
+        print(f"{args.password_file}: not converted (see the errors above)", file=sys.stderr)
+        return 1
+    name = args.password_file.rsplit("/", 1)[-1]
+    out = [f"# Imported from {name} by `policyd import-passwd`: Mosquitto's hashes, verified as Mosquitto",
+           "# verifies them. Put this section into the rules file (mode 0640 or tighter).",
+           "passwords:" if entries else "passwords: {}"]
+    out += [f"  {json.dumps(user)}: {json.dumps(hashed)}  # {name}:{line}" for user, hashed, line in entries]
+    data = "\n".join(out) + "\n"
+    if args.output:
+        try:
+            write_output(args.output, data.encode(), 0o600)
+        except OutputError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+    else:
+        sys.stdout.write(data)
+    return 0
