@@ -14,7 +14,7 @@ MOSQUITTO_21      := 2.1.2
 MOSQUITTO_21_DIR  := .build/mosquitto-$(MOSQUITTO_21)
 MOSQUITTO_21_BIN  := $(MOSQUITTO_21_DIR)/src/mosquitto
 
-.PHONY: all deps system-deps venv proto plugin build broker-2.1 test test-unit test-e2e test-e2e-2.1 demo bench clean help test-asan valgrind install install-daemon fuzz-short fuzz-long reliability-report test-e2e-asan
+.PHONY: all deps system-deps run-deps test-deps venv proto plugin build broker-2.1 test test-unit test-e2e test-e2e-2.1 demo bench clean help test-asan valgrind install install-daemon fuzz-short fuzz-long reliability-report test-e2e-asan
 
 all: build
 
@@ -33,8 +33,15 @@ help:
 
 deps: system-deps venv
 
+# Debian packages by step (scripts/install-system-deps.sh): a build host needs only `build`.
 system-deps:
-	@scripts/install-system-deps.sh
+	@scripts/install-system-deps.sh build
+
+run-deps:
+	@scripts/install-system-deps.sh build run
+
+test-deps:
+	@scripts/install-system-deps.sh build run test
 
 venv: $(VENV)/.installed
 
@@ -63,23 +70,23 @@ $(MOSQUITTO_21_BIN): third_party/mosquitto-$(MOSQUITTO_21)/mosquitto-$(MOSQUITTO
 	scripts/build-mosquitto.sh $(MOSQUITTO_21) $(MOSQUITTO_21_DIR)
 
 # Everything on Debian's Mosquitto 2.0, then the end-to-end suite again on 2.1.
-test: build broker-2.1
+test: build test-deps broker-2.1
 	$(VPY) -m pytest $(PYTEST_ARGS)
 	POLICYD_BROKER=$(CURDIR)/$(MOSQUITTO_21_BIN) $(VPY) -m pytest tests/e2e $(PYTEST_ARGS)
 
-test-unit: proto
+test-unit: proto test-deps
 	$(VPY) -m pytest tests/unit $(PYTEST_ARGS)
 
-test-e2e: build
+test-e2e: build test-deps
 	$(VPY) -m pytest tests/e2e $(PYTEST_ARGS)
 
-test-e2e-2.1: build broker-2.1
+test-e2e-2.1: build test-deps broker-2.1
 	POLICYD_BROKER=$(CURDIR)/$(MOSQUITTO_21_BIN) $(VPY) -m pytest tests/e2e $(PYTEST_ARGS)
 
-demo: build
+demo: build run-deps
 	VENV=$(VENV) scripts/demo.sh
 
-bench: build
+bench: build run-deps
 	$(VPY) bench/broker_throughput.py
 
 # The in-process shim tests (cffi + stub broker, real policyd) against the plugin built with
@@ -88,7 +95,7 @@ bench: build
 # leak-clean, so leak detection is off; memory errors and undefined behaviour abort.
 ASAN_PLUGIN := plugin_c/build/asan/mosquitto_policyd.so
 
-test-asan: proto
+test-asan: proto test-deps
 	$(MAKE) -C plugin_c SANITIZE=1
 	LD_PRELOAD=$$($(CC) -print-file-name=libasan.so) \
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
@@ -98,7 +105,7 @@ test-asan: proto
 # preloaded into mosquitto only). Any report aborts the broker and lands in $(SAN_LOGS).
 SAN_LOGS := /tmp/policyd-sanitizer-logs
 
-test-e2e-asan: build
+test-e2e-asan: build test-deps
 	$(MAKE) -C plugin_c SANITIZE=1
 	rm -rf $(SAN_LOGS) && mkdir -p -m 1777 $(SAN_LOGS)
 	POLICYD_PLUGIN=$(CURDIR)/$(ASAN_PLUGIN) POLICYD_BROKER_PRELOAD=$$($(CC) -print-file-name=libasan.so) \
@@ -107,17 +114,17 @@ test-e2e-asan: build
 	@echo "test-e2e-asan: no sanitizer reports"
 
 # The real broker with the plugin under valgrind memcheck, with a few real clients.
-valgrind: build
+valgrind: build test-deps
 	$(VPY) tests/shim/valgrind_broker.py
 
 # libFuzzer targets over the plugin's untrusted input (fuzz/Makefile); the short run is also
 # part of `make test` (tests/unit/test_fuzz_targets.py).
 FUZZ_SECONDS ?= 600
 
-fuzz-short: plugin
+fuzz-short: plugin test-deps
 	$(MAKE) -C fuzz short
 
-fuzz-long: plugin
+fuzz-long: plugin test-deps
 	$(MAKE) -C fuzz long LONG_SECONDS=$(FUZZ_SECONDS)
 
 # docs/reliability.md's table from .bench/reliability/ (written by the fault, hostile and fuzz tests).
@@ -140,11 +147,14 @@ install: $(PLUGIN)
 	install -D -m 0644 examples/systemd/mosquitto.service.d/policyd.conf $(DESTDIR)$(UNIT_DIR)/mosquitto.service.d/policyd.conf
 	install -D -m 0644 examples/systemd/policyd.sysusers.conf $(DESTDIR)$(SYSUSERS_DIR)/policyd.conf
 	install -d -m 0755 $(DESTDIR)$(POLICYD_CONF)
-	@# Never overwrite the operator's rules on upgrade.
-	test -e $(DESTDIR)$(POLICYD_CONF)/rules.yaml || install -m 0644 examples/rules.yaml $(DESTDIR)$(POLICYD_CONF)/rules.yaml
+	@# Never overwrite the operator's rules on upgrade. They may hold password hashes: 0640,
+	@# group policyd (the daemon runs as policyd), so the user is made now when installing for real.
+	if [ -z "$(DESTDIR)" ] && command -v systemd-sysusers >/dev/null; then systemd-sysusers $(SYSUSERS_DIR)/policyd.conf; fi
+	test -e $(DESTDIR)$(POLICYD_CONF)/rules.yaml || install -m 0640 examples/rules.yaml $(DESTDIR)$(POLICYD_CONF)/rules.yaml
+	if getent group policyd >/dev/null; then chgrp policyd $(DESTDIR)$(POLICYD_CONF)/rules.yaml; fi
 	install -D -m 0644 examples/mosquitto.conf $(DESTDIR)$(DOC_DIR)/examples/mosquitto.conf
 	install -D -m 0644 examples/rules.yaml $(DESTDIR)$(DOC_DIR)/examples/rules.yaml
-	install -D -m 0644 docs/operations.md $(DESTDIR)$(DOC_DIR)/operations.md
+	install -D -m 0644 -t $(DESTDIR)$(DOC_DIR) README.md docs/*.md
 	install -D -m 0644 -t $(DESTDIR)$(DOC_DIR)/examples/prometheus examples/prometheus/*
 
 # The daemon in its own venv (ExecStart of policyd.service): pip install . builds the stubs.

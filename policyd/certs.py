@@ -154,7 +154,7 @@ def _check_client_cn(cn: str, *, allow_unsafe_cn: bool) -> None:
         raise CertError(
             f"client common name refused: {why}; as an MQTT username (use_identity_as_username) "
             "it would widen topic access in ACL patterns "
-            "(allow_unsafe_cn=True / --allow-unsafe-cn only for testing hostile identities)"
+            "(--allow-unsafe-cn exists to test hostile identities, never for devices)"
         )
 
 
@@ -343,7 +343,7 @@ def _aki_from_ca(ca_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
 def _build_leaf(
     *,
     ca: _CA,
-    key,
+    public_key,
     cn: str,
     days: int,
     eku: x509.ObjectIdentifier,
@@ -358,14 +358,14 @@ def _build_leaf(
         x509.CertificateBuilder()
         .subject_name(_name(cn))
         .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(_random_serial())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(ku, critical=True)
         .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(_aki_from_ca(ca.cert), critical=False)
     )
     if sans:
@@ -396,7 +396,7 @@ def _atomic_write(
     try:
         write_atomically(path, data, mode=mode, overwrite=overwrite, before_write=take_ownership)
     except FileExistsError:
-        raise CertError(f"{path} already exists (use --force / force=True to overwrite)") from None
+        raise CertError(f"{path} already exists (--force replaces it)") from None
     except TempFileError as exc:
         raise CertError(f"cannot create {exc.filename}: {exc.strerror or exc}") from exc
     except OSError as exc:
@@ -419,7 +419,7 @@ def _check_not_existing(paths: Sequence[Path], force: bool) -> None:
         return
     for p in paths:
         if os.path.lexists(p):
-            raise CertError(f"{p} already exists (use --force / force=True to overwrite)")
+            raise CertError(f"{p} already exists (--force replaces it)")
 
 
 def _write_pair(
@@ -591,8 +591,62 @@ def _issue_leaf(out_dir, ca_dir, *, name: str, owner: str | None, force: bool, k
     # keyEncipherment only for RSA: RFC 5480 forbids it on EC keys.
     is_server = eku == ExtendedKeyUsageOID.SERVER_AUTH
     ku = _ku(digital_signature=True, key_encipherment=is_server and isinstance(key, rsa.RSAPrivateKey))
-    cert = _build_leaf(ca=ca, key=key, cn=cn, days=days, eku=eku, ku=ku, sans=sans)
+    cert = _build_leaf(ca=ca, public_key=key.public_key(), cn=cn, days=days, eku=eku, ku=ku, sans=sans)
     return _write_pair(cert, key, cert_path, key_path, force=force, owner=who)
+
+
+def sign_csr(
+    out_dir: Path,
+    csr_data: bytes,
+    *,
+    ca_dir: Path | None = None,
+    days: int = DEFAULT_LEAF_DAYS,
+    force: bool = False,
+    owner: str | None = None,
+    allow_unsafe_cn: bool = False,
+) -> Path:
+    """Sign a device's certificate request (PEM or DER): the key stays on the device.
+    The CSR's signature must verify, its subject must hold exactly one CN (checked like
+    any client CN) and its key must be EC P-256/P-384 or RSA 2048+. Nothing else it asks
+    for is copied: the certificate gets the same extensions as `certs client` issues.
+    Returns the path of `<out_dir>/<cn>.pem`."""
+    try:
+        csr = (x509.load_pem_x509_csr(csr_data) if b"-----BEGIN" in csr_data
+               else x509.load_der_x509_csr(csr_data))
+    except ValueError as exc:
+        raise CertError(f"not a certificate request (PEM or DER): {exc}") from None
+    if not csr.is_signature_valid:
+        raise CertError("the request's signature does not verify (it was not made with its own key)")
+    cns = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(cns) != 1 or not isinstance(cns[0].value, str):
+        raise CertError(f"the request's subject must hold exactly one common name (it has {len(cns)})")
+    cn = cns[0].value
+    _check_client_cn(cn, allow_unsafe_cn=allow_unsafe_cn)
+    problem = _file_name_problem(cn)
+    if problem:
+        raise CertError(f"common name {cn!r} cannot be used as a file name ({problem})")
+    public_key = csr.public_key()
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        if public_key.curve.name not in ("secp256r1", "secp384r1"):
+            raise CertError(f"EC key on {public_key.curve.name}: use P-256 or P-384")
+    elif isinstance(public_key, rsa.RSAPublicKey):
+        if public_key.key_size < 2048:
+            raise CertError(f"RSA key of {public_key.key_size} bits: use 2048 or more")
+    else:
+        raise CertError("the request's key must be EC (P-256, P-384) or RSA (2048+)")
+    _check_days(days)
+    who = _resolve_owner(owner)
+    out_dir = _prepare_dir(out_dir)
+    ca_dir = Path(ca_dir) if ca_dir is not None else out_dir
+    _check_reserved(cn, out_dir, ca_dir)
+    cert_path = out_dir / f"{cn}.pem"
+    _check_not_existing([cert_path], force)
+    ca = _load_ca(ca_dir)
+    cert = _build_leaf(ca=ca, public_key=public_key, cn=cn, days=days, eku=ExtendedKeyUsageOID.CLIENT_AUTH,
+                       ku=_ku(digital_signature=True, key_encipherment=False), sans=None)
+    _atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=_CERT_MODE, overwrite=force,
+                  owner=who)
+    return cert_path
 
 
 def _check_reserved(name: str, out_dir: Path, ca_dir: Path) -> None:
@@ -714,12 +768,15 @@ def _cmd_server(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_cn_file(path: str) -> list[str]:
+def _read_cn_file(path: str) -> list[tuple[int, str]]:
+    """(line number, CN) for each device of a --cn-file."""
     try:
         text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CertError(f"cannot read --cn-file {path}: {exc}") from exc
-    cns: list[str] = []
+    except OSError as exc:
+        raise CertError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise CertError(f"{path}: not valid UTF-8 at byte {exc.start}") from exc
+    cns: list[tuple[int, str]] = []
     seen: dict[str, int] = {}
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
@@ -728,9 +785,9 @@ def _read_cn_file(path: str) -> list[str]:
         if line in seen:
             raise CertError(f"{path}:{lineno}: duplicate common name {line!r} (first on line {seen[line]})")
         seen[line] = lineno
-        cns.append(line)
+        cns.append((lineno, line))
     if not cns:
-        raise CertError(f"--cn-file {path} contains no common names")
+        raise CertError(f"{path}: no common names in it")
     return cns
 
 
@@ -754,22 +811,49 @@ def _cmd_client(args: argparse.Namespace) -> int:
         # near the end does not leave a half-issued set.
         _resolve_owner(args.owner)
         _check_days(args.days)
-        for cn in cns:
-            _check_client_cn(cn, allow_unsafe_cn=args.allow_unsafe_cn)
-            problem = _file_name_problem(cn)
-            if problem:
-                raise CertError(f"common name {cn!r} cannot be used as a file name ({problem})")
-            if cn == "ca":
-                _check_reserved(cn, out_dir, ca_dir if ca_dir is not None else out_dir)
-            _check_not_existing([out_dir / f"{cn}.pem", out_dir / f"{cn}.key"], args.force)
+        todo = []
+        for lineno, cn in cns:
+            where = f"{args.cn_file}:{lineno}"
+            try:
+                _check_client_cn(cn, allow_unsafe_cn=args.allow_unsafe_cn)
+                problem = _file_name_problem(cn)
+                if problem:
+                    raise CertError(f"common name {cn!r} cannot be used as a file name ({problem})")
+                if cn == "ca":
+                    _check_reserved(cn, out_dir, ca_dir if ca_dir is not None else out_dir)
+            except CertError as exc:
+                raise CertError(f"{where}: {exc}") from None
+            present = [p for p in (out_dir / f"{cn}.pem", out_dir / f"{cn}.key") if os.path.lexists(p)]
+            if len(present) == 2 and not args.force:
+                continue  # issued on an earlier run: re-running after adding devices issues the new ones
+            if present and not args.force:
+                raise CertError(f"{where}: {present[0]} exists without its pair: remove it, or --force "
+                                "re-issues this device")
+            todo.append(cn)
         _load_ca(ca_dir if ca_dir is not None else out_dir)
-        total = len(cns)
-        for i, cn in enumerate(cns, 1):
+        for i, cn in enumerate(todo, 1):
             pair = issue_client(out_dir, cn=cn, **common)
             _print_written(pair, f"client CN={cn!r}")
-            print(f"issued {i}/{total}")
+            print(f"issued {i}/{len(todo)}")
+        print(f"{args.cn_file}: {len(todo)} issued, {len(cns) - len(todo)} already present (kept)")
     except CertError as exc:
         return _err(str(exc))
+    return 0
+
+
+def _cmd_sign(args: argparse.Namespace) -> int:
+    try:
+        data = sys.stdin.buffer.read() if args.csr == "-" else Path(args.csr).read_bytes()
+    except OSError as exc:
+        return _err(f"{args.csr}: cannot read: {exc.strerror or exc}")
+    try:
+        path = sign_csr(Path(args.dir), data, ca_dir=Path(args.ca_dir) if args.ca_dir else None,
+                        days=args.days, force=args.force, owner=args.owner, allow_unsafe_cn=args.allow_unsafe_cn)
+    except CertError as exc:
+        return _err(f"{args.csr}: {exc}")
+    cert = load_certificate(path)
+    print(f"wrote {path} (client certificate, serial {cert.serial_number:x}, expires "
+          f"{cert.not_valid_after_utc:%Y-%m-%d}, sha256 {cert.fingerprint(hashes.SHA256()).hex()})")
     return 0
 
 
@@ -826,6 +910,7 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
             "  policyd certs server --cn broker.example --owner mosquitto\n"
             "  policyd certs client --cn Device123\n"
             "  policyd certs client --cn-file devices.txt\n"
+        "  policyd certs sign Device124.csr\n"
             "\n"
             "mosquitto.conf:\n"
             "  cafile   ./certs/ca.pem\n"
@@ -836,7 +921,7 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
         ),
     )
     certs.set_defaults(func=lambda args: (certs.print_help(sys.stderr), 2)[1])
-    sub = certs.add_subparsers(title="commands", metavar="{ca,server,client}")
+    sub = certs.add_subparsers(title="commands", metavar="{ca,server,client,sign}")
 
     p_ca = sub.add_parser(
         "ca",
@@ -882,7 +967,8 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     who.add_argument(
         "--cn-file", metavar="FILE",
         help="issue one certificate per line of FILE (blank lines and lines starting "
-        "with # are skipped); the whole file is validated before anything is written",
+        "with # are skipped); devices whose .pem and .key exist are kept (re-run it after "
+        "adding devices), --force re-issues them all; the whole file is validated first",
     )
     p_cli.add_argument(
         "--name", default=None,
@@ -895,4 +981,20 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     )
     _add_common(p_cli, days=DEFAULT_LEAF_DAYS, leaf=True)
     p_cli.set_defaults(func=_cmd_client)
+
+    p_sign = sub.add_parser(
+        "sign",
+        help="sign a device's certificate request (<cn>.pem); its key never leaves the device",
+        description="Sign a certificate signing request made on the device (e.g. `openssl req -new "
+        "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout dev.key -subj /CN=Device123`). "
+        "The request must verify with its own key and name exactly one safe CN; the certificate "
+        "gets the same extensions as `certs client` (clientAuth), nothing else the request asks for.",
+    )
+    p_sign.add_argument("csr", metavar="CSR", help="the request, PEM or DER; - reads standard input")
+    p_sign.add_argument(
+        "--allow-unsafe-cn", action="store_true",
+        help="TESTING ONLY: accept '+', '#', '/', NUL and control characters in the CN",
+    )
+    _add_common(p_sign, days=DEFAULT_LEAF_DAYS, leaf=True)
+    p_sign.set_defaults(func=_cmd_sign)
     return certs

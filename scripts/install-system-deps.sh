@@ -1,19 +1,31 @@
 #!/usr/bin/env bash
-# Install the Debian 12 packages the project builds and runs with (root only).
-# Idempotent: installs only what is missing, so repeated `make` runs are fast.
+# Install the Debian 12 packages a step needs (root only), by group:
+#   build  what `make build` needs: compilers, headers, the daemon's virtualenv
+#   run    what `make demo` adds: the broker and its clients
+#   test   what `make test` adds: valgrind, libFuzzer, systemd-analyze, etcd
+# Usage: install-system-deps.sh GROUP... (default: build). Idempotent: installs only what is
+# missing, so repeated `make` runs are fast. A production build host needs only `build`.
 set -euo pipefail
 
-PACKAGES=(
-  mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev   # the broker, its CLI clients, plugin headers
-  libgrpc-dev libprotobuf-c-dev protobuf-c-compiler            # gRPC C core and protobuf-c for the shim
-  libssl-dev pkg-config gcc make openssl                       # toolchain, TLS
-  libcjson-dev                                                 # building the vendored Mosquitto 2.1 (make test)
-  python3 python3-venv python3-dev                             # the daemon's virtualenv
-  valgrind                                                     # `make valgrind` (memcheck of broker + plugin)
-  clang-14 libclang-rt-14-dev                                  # libFuzzer targets in fuzz/ (make fuzz-short)
-  systemd                                                      # systemd-analyze verify for the example units' test
-  etcd-server etcd-client                                      # the fleet source's e2e tests (a 3-member cluster)
+declare -A GROUPS_OF=(
+  [build]="mosquitto-dev libmosquitto-dev libgrpc-dev libprotobuf-c-dev protobuf-c-compiler
+           libssl-dev pkg-config gcc make openssl python3 python3-venv python3-dev"
+  [run]="mosquitto mosquitto-clients"
+  [test]="valgrind clang-14 libclang-rt-14-dev systemd etcd-server etcd-client libcjson-dev"
 )
+# build: plugin headers, gRPC C core and protobuf-c for the shim, toolchain, TLS, the venv.
+# test: `make valgrind`, libFuzzer targets in fuzz/, systemd-analyze verify of the example
+#       units, the fleet source's 3-member etcd cluster, building the vendored Mosquitto 2.1.
+
+PACKAGES=()
+for group in "${@:-build}"; do
+  if [ -z "${GROUPS_OF[$group]+x}" ]; then
+    echo "unknown group $group (build, run, test)" >&2
+    exit 2
+  fi
+  # shellcheck disable=SC2206
+  PACKAGES+=(${GROUPS_OF[$group]})
+done
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -21,7 +33,7 @@ for pkg in "${PACKAGES[@]}"; do
 done
 
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "system packages: all present"
+  echo "system packages (${*:-build}): all present"
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then

@@ -6,37 +6,46 @@ import argparse
 import datetime
 import sys
 
-from .common import DEFAULT_ADMIN
+from .common import (DEFAULT_ADMIN, EXIT_ERROR, EXIT_NO, EXIT_OK, add_format, error, print_json, print_problems,
+                     problem_json, problem_of_pb)
 
 
 def add_subparsers(sub) -> None:
-    for name, func, what in (("reload", cmd_reload, "reload the rules file of a running daemon"),
-                             ("status", cmd_status, "show the policy in force in a running daemon")):
-        p = sub.add_parser(name, help=what)
-        p.add_argument("--address", default=DEFAULT_ADMIN, help=f"admin address (default {DEFAULT_ADMIN})")
-        p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the daemon (default 10)")
+    for name, func, what, exits in (
+            ("reload", cmd_reload, "reload the rules file of a running daemon",
+             "Exit 0 reloaded (or unchanged), 1 rejected (the policy in force stays), 2 no answer."),
+            ("status", cmd_status, "show the policy in force in a running daemon",
+             "Exit 0 healthy, 1 when the last reload was rejected, 2 no answer.")):
+        p = sub.add_parser(name, help=what, description=exits)
+        add_admin_options(p)
+        add_format(p)
         p.set_defaults(func=func)
 
 
-def _admin_stub(address: str):
+def add_admin_options(p) -> None:
+    if not any(a.dest == "address" for a in p._actions):
+        p.add_argument("--address", default=DEFAULT_ADMIN, help="admin address of the daemon")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the daemon")
+
+
+def admin_call(args: argparse.Namespace, method: str, request):
+    """The daemon's answer, or None after a one-line problem on stderr (no traceback: a wrong
+    address or a daemon that is down is an operator's everyday mistake)."""
     import grpc
 
     from ..server import listen
     from ..v1 import policy_pb2_grpc as pb_grpc
 
-    channel = grpc.insecure_channel(listen.parse(address).target)
-    return channel, pb_grpc.AdminStub(channel)
-
-
-def _admin_call(args: argparse.Namespace, method: str, request):
-    import grpc
-
-    channel, stub = _admin_stub(args.address)
     try:
-        return getattr(stub, method)(request, timeout=args.timeout)
+        target = listen.parse(args.address).target
+    except (ValueError, listen.ListenError) as exc:
+        error(args.address, f"not an admin address ({exc}); e.g. {DEFAULT_ADMIN}")
+        return None
+    channel = grpc.insecure_channel(target)
+    try:
+        return getattr(pb_grpc.AdminStub(channel), method)(request, timeout=args.timeout)
     except grpc.RpcError as exc:
-        print(f"policyd {method.lower()}: cannot reach the daemon at {args.address}: "
-              f"{exc.code().name}: {exc.details()}", file=sys.stderr)
+        error(args.address, f"cannot reach the daemon: {exc.code().name}: {exc.details()}")
         return None
     finally:
         channel.close()
@@ -45,24 +54,35 @@ def _admin_call(args: argparse.Namespace, method: str, request):
 def cmd_reload(args: argparse.Namespace) -> int:
     from ..v1 import policy_pb2 as pb
 
-    answer = _admin_call(args, "Reload", pb.ReloadRequest())
+    answer = admin_call(args, "Reload", pb.ReloadRequest())
     if answer is None:
-        return 2
-    for p in answer.problems:
-        print(f"{p.file}:{p.line}:{p.column}: {p.key}: {p.message}", file=sys.stderr)
+        return EXIT_ERROR
+    problems = [problem_of_pb(p) for p in answer.problems]
+    if args.format == "json":
+        print_json({"ok": answer.ok, "generation": answer.generation,
+                    "problems": [problem_json(p) for p in problems]})
+        return EXIT_OK if answer.ok else EXIT_NO
+    print_problems(problems)
     if answer.ok:
         print(f"reloaded: generation {answer.generation}")
-        return 0
+        return EXIT_OK
     print(f"reload rejected: generation {answer.generation} stays in force", file=sys.stderr)
-    return 1
+    return EXIT_NO
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from ..v1 import policy_pb2 as pb
 
-    st = _admin_call(args, "Status", pb.StatusRequest())
+    st = admin_call(args, "Status", pb.StatusRequest())
     if st is None:
-        return 2
+        return EXIT_ERROR
+    verdict = EXIT_NO if st.last_error else EXIT_OK
+    if args.format == "json":
+        document = message_json(st)
+        document["last_error"] = [problem_json(problem_of_pb(p)) for p in st.last_error]
+        document["healthy"] = verdict == EXIT_OK
+        print_json(document)
+        return verdict
     loaded = datetime.datetime.fromtimestamp(st.loaded_at, datetime.timezone.utc).isoformat(timespec="seconds")
     print(f"policyd {st.version}")
     print(f"generation: {st.generation}")
@@ -75,11 +95,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     if st.last_error:
         print("last reload failed:")
         for p in st.last_error:
-            print(f"  {p.file}:{p.line}:{p.column}: {p.key}: {p.message}")
+            print(f"  {problem_of_pb(p)}")
     else:
         print("last reload: ok")
     _print_shims(st.shims)
-    return 0
+    return verdict
+
+
+def message_json(message) -> dict:
+    """A protobuf message as plain JSON values (numbers stay numbers, every field present)."""
+    out = {}
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        if field.message_type is not None:
+            out[field.name] = [message_json(v) for v in value] if field.is_repeated else message_json(value)
+        elif isinstance(value, bytes):
+            out[field.name] = value.decode("utf-8", "replace")
+        else:
+            out[field.name] = list(value) if field.is_repeated else value
+    return out
 
 
 def _print_shims(shims) -> None:

@@ -10,7 +10,7 @@ import sys
 from ..engine.loader import identity_problem
 from ..identity.passwords import (DEFAULT_ITERATIONS, MAX_ITERATIONS, MIN_ITERATIONS, hash_password,
                                   import_password_file)
-from .common import OutputError, print_problems, write_output
+from .common import EXIT_NO, OutputError, error, print_problems, write_output
 
 
 def add_subparser(sub) -> None:
@@ -35,13 +35,10 @@ def add_subparser(sub) -> None:
 def cmd_passwd(args: argparse.Namespace) -> int:
     why = identity_problem(args.username)
     if why or not MIN_ITERATIONS <= args.iterations <= MAX_ITERATIONS:
-        print(f"policyd passwd: {why or f'--iterations must be {MIN_ITERATIONS}..{MAX_ITERATIONS}'}",
-              file=sys.stderr)
-        return 2
+        return error("policyd passwd", why or f"--iterations must be {MIN_ITERATIONS}..{MAX_ITERATIONS}")
     password = _read_password()
     if not password:
-        print("policyd passwd: empty password", file=sys.stderr)
-        return 2
+        return error("policyd passwd", "empty password (or the two did not match)")
     print(f'{args.username}: "{hash_password(password.encode("utf-8"), args.iterations)}"')
     return 0
 
@@ -59,16 +56,14 @@ def cmd_import_passwd(args: argparse.Namespace) -> int:
         with open(args.password_file, "rb") as fh:
             text = fh.read().decode("utf-8")
     except OSError as exc:
-        print(f"{args.password_file}: cannot read: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        return error(args.password_file, f"cannot read: {exc.strerror or exc}")
     except UnicodeDecodeError as exc:
-        print(f"{args.password_file}: not valid UTF-8 at byte {exc.start}", file=sys.stderr)
-        return 2
+        return error(args.password_file, f"not valid UTF-8 at byte {exc.start}")
     entries, problems = import_password_file(text, args.password_file)
     print_problems(problems)
     if any(p.severity == "error" for p in problems):
         print(f"{args.password_file}: not converted (see the errors above)", file=sys.stderr)
-        return 1
+        return EXIT_NO
     name = args.password_file.rsplit("/", 1)[-1]
     out = [f"# Imported from {name} by `policyd import-passwd`: Mosquitto's hashes, verified as Mosquitto",
            "# verifies them. Put this section into the rules file (mode 0640 or tighter).",
@@ -79,8 +74,7 @@ def cmd_import_passwd(args: argparse.Namespace) -> int:
         try:
             write_output(args.output, data.encode(), 0o600)
         except OutputError as exc:
-            print(exc, file=sys.stderr)
-            return 2
+            return exc.report()
     else:
         sys.stdout.write(data)
     return 0

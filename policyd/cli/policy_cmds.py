@@ -5,18 +5,26 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..engine import Access, PolicyLoadError, Request, compile_policy, parse_text, read_file
+from ..engine import Access, PolicyLoadError, Problem, Request, SourceRef, compile_policy, parse_text, read_file
 from ..engine.acl_import import import_acl
-from ..engine.policy_tests import parse_tests, run_tests
 from ..engine.model import MOSQUITTO, ORDERS
-from .common import OutputError, print_problems, write_output
+from ..engine.policy_tests import parse_tests, run_tests
+from ..engine.loader import MAX_FILE_BYTES
+from .common import (DEFAULT_ADMIN, EXIT_ERROR, EXIT_NO, EXIT_OK, OutputError, add_format, error, print_json,
+                     print_problems, problem_json, read_input, write_output)
 
 
 def add_subparsers(sub) -> None:
-    p = sub.add_parser("check", help="decide one request offline against a rules file")
-    p.add_argument("--rules", required=True, help="rules YAML file")
+    p = sub.add_parser("check", help="decide one request, offline against a rules file or by the daemon",
+                       description="Exit 0 allow, 1 deny, 2 no answer (an invalid rules file, an "
+                       "unreachable daemon, a usage mistake).")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--rules", help="rules YAML file to decide with (offline)")
+    where.add_argument("--address", metavar="ADMIN_ADDRESS",
+                       help=f"ask the running daemon's admin socket (e.g. {DEFAULT_ADMIN}): the policy "
+                       "in force decides, nothing is cached or counted")
     p.add_argument("--username", help="omit for an anonymous client")
-    p.add_argument("--clientid", default="policyd-check", help="client id (for %%c rules; default policyd-check)")
+    p.add_argument("--clientid", default="policyd-check", help="client id (for %%c rules)")
     p.add_argument("--topic", required=True, help="topic (write, read) or topic filter (subscribe)")
     p.add_argument("--access", required=True, choices=[a.name.lower() for a in Access],
                    help="what the client does: read = a message is delivered to it, write = it publishes")
@@ -25,16 +33,24 @@ def add_subparsers(sub) -> None:
                    help="as `serve --dry-run` would: print would-deny instead of deny and exit 0")
     p.add_argument("--attribute", action="append", default=[], metavar="KEY=VALUE",
                    help="a certificate attribute (e.g. OU=sensors), for `certificates:` rules; repeatable")
+    p.add_argument("--timeout", type=float, default=10.0, help="with --address: seconds to wait for the daemon")
+    add_format(p)
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("validate", help="report every problem in rules files (exit 1 on errors)")
-    p.add_argument("files", nargs="+", help="rules YAML files")
+    p = sub.add_parser("validate", help="report every problem in rules files",
+                       description="Exit 0 when every file is valid, 1 when one has errors, 2 when one "
+                       "cannot be read.")
+    p.add_argument("files", nargs="+", metavar="FILE", help="rules YAML files; - reads standard input")
+    add_format(p)
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("test", help="run expected decisions (a YAML list) against a rules file")
+    p = sub.add_parser("test", help="run expected decisions (a YAML list) against a rules file",
+                       description="Exit 0 when every test passes, 1 when one fails, 2 when the test file "
+                       "or the rules file is invalid or unreadable.")
     p.add_argument("testfile", help="YAML list of requests and the decision each expects")
     p.add_argument("--rules", required=True, help="rules YAML file")
     p.add_argument("-v", "--verbose", action="store_true", help="also list the tests that pass")
+    add_format(p)
     p.set_defaults(func=cmd_test)
 
     p = sub.add_parser("import-acl", help="convert a Mosquitto acl_file into rules YAML, keeping its decisions")
@@ -50,23 +66,54 @@ def add_subparsers(sub) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    attributes = _attributes(args.attribute)
+    if attributes is None:
+        return EXIT_ERROR
+    access = Access.parse(args.access)
+    if args.address:
+        return _check_live(args, access, attributes)
     try:
         policy = compile_policy(read_file(args.rules))
     except PolicyLoadError as exc:
         print_problems(exc.problems)
-        return 2
-    attributes = _attributes(args.attribute)
-    if attributes is None:
-        return 2
-    request = Request(args.username, args.clientid, args.topic, Access.parse(args.access), attributes)
+        return EXIT_ERROR
+    request = Request(args.username, args.clientid, args.topic, access, attributes)
     decision = policy.explain(request) if args.explain else policy.decide(request)
-    print("would-deny" if args.dry_run and not decision.allowed else decision.word)
-    print(f"  {decision.reason}" + (f": {decision.rule}" if decision.rule is not None else ""))
-    if args.explain:
-        print("  rules considered:" if decision.trace else "  no rule considered")
-        for step in decision.trace:
-            print(f"    {step}")
-    return 0 if decision.allowed or args.dry_run else 1
+    rule = str(decision.rule) if decision.rule is not None else ""
+    return _report_check(args, decision.allowed, decision.reason, rule, [str(s) for s in decision.trace],
+                         {"rules": args.rules})
+
+
+def _check_live(args: argparse.Namespace, access: Access, attributes) -> int:
+    from ..v1 import policy_pb2 as pb
+    from .admin_cmds import admin_call
+
+    request = pb.AdminCheckRequest(
+        username=args.username or "", has_username=args.username is not None, clientid=args.clientid,
+        topic=args.topic, access=int(access), explain=args.explain,
+        attributes=[pb.Attribute(name=k, value=v) for k, vs in attributes.items() for v in vs])
+    answer = admin_call(args, "Check", request)
+    if answer is None:
+        return EXIT_ERROR
+    return _report_check(args, answer.allowed, answer.reason, answer.rule, list(answer.trace),
+                         {"address": args.address, "generation": answer.generation, "daemon_dry_run": answer.dry_run})
+
+
+def _report_check(args, allowed: bool, reason: str, rule: str, trace: list[str], source: dict) -> int:
+    word = "allow" if allowed else "would-deny" if args.dry_run else "deny"
+    if args.format == "json":
+        document = {"decision": word, "allowed": allowed, "reason": reason, "rule": rule or None, **source}
+        if args.explain:
+            document["trace"] = trace
+        print_json(document)
+    else:
+        print(word)
+        print(f"  {reason}" + (f": {rule}" if rule else ""))
+        if args.explain:
+            print("  rules considered:" if trace else "  no rule considered")
+            for step in trace:
+                print(f"    {step}")
+    return EXIT_OK if allowed or args.dry_run else EXIT_NO
 
 
 def _attributes(items: list[str]) -> dict[str, tuple[str, ...]] | None:
@@ -75,7 +122,7 @@ def _attributes(items: list[str]) -> dict[str, tuple[str, ...]] | None:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            print(f"--attribute {item!r}: expected KEY=VALUE, e.g. OU=sensors", file=sys.stderr)
+            error("policyd check", f"--attribute {item!r}: expected KEY=VALUE, e.g. OU=sensors")
             return None
         attributes[key] = attributes.get(key, ()) + (value,)
     return attributes
@@ -85,46 +132,64 @@ LARGE_USERS_SECTION = 1000  # identities from which `validate` says which reader
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    worst = 0
+    worst, documents = EXIT_OK, []
     for path in args.files:
+        shown = "<stdin>" if path == "-" else path
         try:
-            spec = read_file(path)
+            spec = parse_text(read_input(path, MAX_FILE_BYTES + 1), shown)
+        except OSError as exc:
+            problems, result = [Problem(SourceRef(shown, 0, 0, ""), f"cannot read: {exc.strerror or exc}")], None
+            worst = EXIT_ERROR
         except PolicyLoadError as exc:
-            print_problems(exc.problems, sys.stdout)
-            worst = 1
+            problems, result = exc.problems, None
+            worst = max(worst, EXIT_NO)
+        else:
+            policy = compile_policy(spec)
+            problems = list(spec.warnings)
+            result = {"identities": policy.identity_count, "rules": policy.rule_count,
+                      "sha256": policy.source_sha256, "order": policy.order, "reader": spec.reader}
+        documents.append({"file": shown, "ok": result is not None, **(result or {}),
+                          "problems": [problem_json(p) for p in problems]})
+        if args.format == "json":
             continue
-        print_problems(spec.warnings, sys.stdout)
-        policy = compile_policy(spec)
-        print(f"{path}: ok ({policy.identity_count} identities, {policy.rule_count} rules, "
-              f"sha256 {policy.source_sha256[:12]})")
+        print_problems(problems)
+        if result is None:
+            continue
+        print(f"{shown}: ok ({result['identities']} identities, {result['rules']} rules, "
+              f"sha256 {result['sha256'][:12]})")
         if spec.reader != "fast" and len(spec.users) >= LARGE_USERS_SECTION:
             # Only worth saying where it costs: docs/rules.md "Large files" has the form.
-            print(f"{path}: note: the users section is read by the general YAML reader "
+            print(f"{shown}: note: the users section is read by the general YAML reader "
                   f"({spec.reader[len('yaml: '):]}); in the regular form it loads several times faster")
+    if args.format == "json":
+        print_json({"files": documents, "ok": worst == EXIT_OK})
     return worst
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    """Exit 0 when every test passes, 1 when one fails, 2 when an input is invalid."""
     try:
         policy = compile_policy(read_file(args.rules))
-        with open(args.testfile, "rb") as fh:
-            cases = parse_tests(fh.read(), args.testfile)
+        cases = parse_tests(read_input(args.testfile, MAX_FILE_BYTES + 1), args.testfile)
     except PolicyLoadError as exc:
         print_problems(exc.problems)
-        return 2
+        return EXIT_ERROR
     except OSError as exc:
-        print(f"{args.testfile}: cannot read: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        return error(args.testfile, f"cannot read: {exc.strerror or exc}")
     outcomes = run_tests(policy, cases)
     failed = [o for o in outcomes if not o.passed]
+    if args.format == "json":
+        print_json({"rules": args.rules, "tests": args.testfile, "passed": len(outcomes) - len(failed),
+                    "failed": len(failed),
+                    "results": [{"passed": o.passed, "test": o.describe()} for o in outcomes
+                                if args.verbose or not o.passed]})
+        return EXIT_NO if failed else EXIT_OK
     for outcome in outcomes:
         if not outcome.passed:
             print(f"FAIL {outcome.describe()}")
         elif args.verbose:
             print(f"ok   {outcome.describe()}")
     print(f"{len(outcomes) - len(failed)} passed, {len(failed)} failed ({args.testfile} against {args.rules})")
-    return 1 if failed else 0
+    return EXIT_NO if failed else EXIT_OK
 
 
 def cmd_import_acl(args: argparse.Namespace) -> int:
@@ -133,11 +198,9 @@ def cmd_import_acl(args: argparse.Namespace) -> int:
         with open(args.aclfile, "rb") as fh:
             text = fh.read().decode("utf-8")
     except OSError as exc:
-        print(f"{args.aclfile}: cannot read: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        return error(args.aclfile, f"cannot read: {exc.strerror or exc}")
     except UnicodeDecodeError as exc:
-        print(f"{args.aclfile}: not valid UTF-8 at byte {exc.start}", file=sys.stderr)
-        return 2
+        return error(args.aclfile, f"not valid UTF-8 at byte {exc.start}")
     show = args.progress if args.progress is not None else sys.stderr.isatty()
     progress = (lambda done, total: print(f"{args.aclfile}: {done}/{total} lines read", file=sys.stderr,
                                           flush=True)) if show else None
@@ -147,15 +210,14 @@ def cmd_import_acl(args: argparse.Namespace) -> int:
     print_problems(problems)
     if rules is None:
         print(f"{args.aclfile}: not converted (see the errors above)", file=sys.stderr)
-        return 1
+        return EXIT_NO
     if progress is not None:
         print(f"{args.aclfile}: converted ({len(rules)} bytes)", file=sys.stderr, flush=True)
     if args.output:
         try:
             write_output(args.output, rules.encode(), 0o640)  # never a half-written rules file
         except OutputError as exc:
-            print(exc, file=sys.stderr)
-            return 2
+            return exc.report()
     else:
         sys.stdout.write(rules)
     return 0

@@ -20,8 +20,10 @@ def add_subparser(sub) -> None:
         p.add_argument(flag, metavar="PEM" if flag.endswith(("ca", "cert", "key")) else None, help=what)
     p.add_argument("--listen", default=DEFAULT_LISTEN,
                    help=f"gRPC address for the broker: unix:/path.sock or 127.0.0.1:PORT (default {DEFAULT_LISTEN})")
-    p.add_argument("--admin-listen", help="address of the admin service (Reload, Status); default: "
-                   "a 0600 unix socket next to --listen, named NAME-admin.sock")
+    p.add_argument("--admin-listen", help="address of the admin service (reload, status, check --address); "
+                   "default: a 0600 unix socket next to a unix --listen, named NAME-admin.sock; with a TCP "
+                   "--listen, DIR/policyd-admin.sock with --state-dir DIR, else "
+                   "/run/policyd/policyd-PORT-admin.sock")
     p.add_argument("--socket-mode", type=octal_mode, default=0o660,
                    help="mode of the --listen unix socket (default 0660)")
     p.add_argument("--socket-group", help="group of the --listen unix socket, e.g. mosquitto")

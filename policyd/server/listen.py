@@ -53,12 +53,19 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def admin_default(listen: Endpoint) -> Optional[Endpoint]:
-    """The admin socket next to a unix listen socket; none for TCP (say it explicitly)."""
-    if not listen.is_unix:
-        return None
-    base, ext = os.path.splitext(listen.unix_path)
-    return parse(f"unix:{base}-admin{ext or '.sock'}")
+RUN_DIR = "/run/policyd"
+
+
+def admin_default(listen: Endpoint, state_dir: Optional[str] = None) -> Endpoint:
+    """The admin socket, always a unix socket (never reachable from another host): next to a
+    unix listen socket; with a TCP listen, policyd-admin.sock in the state directory, or
+    /run/policyd/policyd-PORT-admin.sock (one per daemon on the host)."""
+    if listen.is_unix:
+        base, ext = os.path.splitext(listen.unix_path)
+        return parse(f"unix:{base}-admin{ext or '.sock'}")
+    if state_dir:
+        return parse(f"unix:{os.path.join(state_dir, 'policyd-admin.sock')}")
+    return parse(f"unix:{RUN_DIR}/policyd-{listen.port}-admin.sock")
 
 
 def prepare_unix_path(path: str) -> None:

@@ -129,7 +129,7 @@ class Daemon:
             self._start_file()
         endpoint = listen.parse(self.opts.listen)
         admin = (listen.parse(self.opts.admin_listen) if self.opts.admin_listen
-                 else listen.admin_default(endpoint))
+                 else listen.admin_default(endpoint, self.opts.state_dir))
         # Each Watch stream holds a thread: room for them on top of the checks' workers.
         policy_server = self._server(workers=self.opts.workers + MAX_WATCH_STREAMS)
         pb_grpc.add_PolicyServicer_to_server(self.policy_service, policy_server)

@@ -222,6 +222,24 @@ class AdminService(pb_grpc.AdminServicer):
             reloads_failed=getattr(self.store, "reloads_failed", 0), dry_run=self.dry_run)
 
 
+    def Check(self, request: pb.AdminCheckRequest, context: grpc.ServicerContext) -> pb.AdminCheckResponse:
+        policy = self.store.current
+        try:
+            access = Access(request.access)
+        except ValueError:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown access {request.access}")
+        attributes: dict[str, tuple[str, ...]] = {}
+        for attribute in request.attributes:
+            attributes[attribute.name] = attributes.get(attribute.name, ()) + (attribute.value,)
+        asked = Request(request.username if request.has_username else None, request.clientid, request.topic,
+                        access, attributes)
+        decision = policy.explain(asked) if request.explain else policy.decide(asked)
+        return pb.AdminCheckResponse(
+            allowed=decision.allowed, reason=decision.reason,
+            rule=str(decision.rule) if decision.rule is not None else "",
+            trace=[str(step) for step in decision.trace], generation=policy.generation, dry_run=self.dry_run)
+
+
 def _shim_statuses(snapshot) -> list[pb.ShimStatus]:
     from .metrics import is_connected, shim_rows
 
@@ -236,8 +254,8 @@ def _shim_statuses(snapshot) -> list[pb.ShimStatus]:
 
 def problem_to_pb(problem: Problem) -> pb.PolicyProblem:
     r = problem.ref
-    return pb.PolicyProblem(file=r.file, line=r.line, column=r.column, key=r.key,
-                            message=f"{problem.severity}: {problem.message}")
+    return pb.PolicyProblem(file=r.file, line=r.line, column=r.column, key=r.key, message=problem.message,
+                            severity=problem.severity)
 
 
 def _printable(value: bytes | str | None, limit: int = 200) -> str:

@@ -657,6 +657,79 @@ def test_cli_cn_file_bad_line_issues_nothing(tmp_path: Path, capsys):
     assert sorted(p.name for p in d.iterdir()) == ["ca.key", "ca.pem"]
 
 
+def test_cli_cn_file_is_incremental_and_says_where(tmp_path: Path, capsys):
+    d = tmp_path / "out"
+    certs.issue_ca(d)
+    cn_file = tmp_path / "devices.txt"
+    cn_file.write_text("dev-1\ndev-2\n")
+    assert run_cli(["certs", "client", "--dir", str(d), "--cn-file", str(cn_file)]) == 0
+    keys = {cn: (d / f"{cn}.key").read_bytes() for cn in ("dev-1", "dev-2")}
+    capsys.readouterr()
+    # devices added to the list: a re-run issues the new ones and keeps the rest (no re-keying)
+    cn_file.write_text("dev-1\ndev-2\n# added later\ndev-3\n")
+    assert run_cli(["certs", "client", "--dir", str(d), "--cn-file", str(cn_file)]) == 0
+    out = capsys.readouterr().out
+    assert "1 issued, 2 already present (kept)" in out and "dev-3.pem" in out and "dev-1.pem" not in out
+    assert {cn: (d / f"{cn}.key").read_bytes() for cn in ("dev-1", "dev-2")} == keys
+    # half a pair is not silently skipped
+    (d / "dev-2.pem").unlink()
+    assert run_cli(["certs", "client", "--dir", str(d), "--cn-file", str(cn_file)]) == 2
+    assert f"{cn_file}:2: " in capsys.readouterr().err
+    # a bad name names its line, and the message names no Python API
+    cn_file.write_text("dev-1\n\n# comment\nbad+one\n")
+    assert run_cli(["certs", "client", "--dir", str(d), "--cn-file", str(cn_file)]) == 2
+    err = capsys.readouterr().err
+    assert f"{cn_file}:4: client common name refused" in err
+    assert "=True" not in err and "allow_unsafe_cn" not in err
+    assert run_cli(["certs", "client", "--dir", str(d), "--cn", "dev-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--force replaces it" in err and "force=True" not in err
+
+
+def test_cli_sign_csr_keeps_the_key_on_the_device(tmp_path: Path, capsys):
+    from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.x509.oid import NameOID as Oid
+
+    d = tmp_path / "out"
+    certs.issue_ca(d)
+
+    def csr(cn_values, key=None, sign_key=None):
+        key = key or ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(Oid.COMMON_NAME, v) for v in cn_values])
+        request = x509.CertificateSigningRequestBuilder().subject_name(name).sign(sign_key or key, hashes.SHA256())
+        path = tmp_path / f"{len(list(tmp_path.iterdir()))}.csr"
+        path.write_bytes(request.public_bytes(ser.Encoding.PEM))
+        return path, key
+
+    path, key = csr(["Device500"])
+    assert run_cli(["certs", "sign", "--dir", str(d), str(path)]) == 0
+    cert = certs.load_certificate(d / "Device500.pem")
+    assert cn_of(cert) == "Device500" and not (d / "Device500.key").exists()
+    assert cert.public_key().public_numbers() == key.public_key().public_numbers()
+    cert.verify_directly_issued_by(certs.load_certificate(d / "ca.pem"))
+    assert ext(cert, x509.ExtendedKeyUsage).value == x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH])
+    assert not ext(cert, x509.BasicConstraints).value.ca
+    capsys.readouterr()
+    assert run_cli(["certs", "sign", "--dir", str(d), str(path)]) == 2  # exists
+    for cns, message in ((["bad/cn"], "common name refused"), (["a", "b"], "exactly one common name"),
+                         ([], "exactly one common name")):
+        path, _ = csr(cns)
+        assert run_cli(["certs", "sign", "--dir", str(d), str(path)]) == 2
+        assert message in capsys.readouterr().err
+    forged, _ = csr(["Forged"], key=ec.generate_private_key(ec.SECP256R1()))
+    request = x509.load_pem_x509_csr(forged.read_bytes())
+    # a request whose signature does not match its key
+    other = ec.generate_private_key(ec.SECP256R1())
+    tampered = x509.CertificateSigningRequestBuilder().subject_name(request.subject).sign(other, hashes.SHA256())
+    blob = bytearray(tampered.public_bytes(ser.Encoding.DER))
+    blob[-5] ^= 0xFF
+    forged.write_bytes(bytes(blob))
+    assert run_cli(["certs", "sign", "--dir", str(d), str(forged)]) == 2
+    err = capsys.readouterr().err
+    assert "signature does not verify" in err or "not a certificate request" in err
+    assert not (d / "Forged.pem").exists()
+
+
 def test_cli_missing_ca(tmp_path: Path, capsys):
     assert run_cli(["certs", "server", "--dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err

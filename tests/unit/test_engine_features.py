@@ -141,7 +141,7 @@ def test_validate_prints_the_shadow_warning(tmp_path, capsys):
     rules = tmp_path / "r.yaml"
     rules.write_text("users:\n  D1:\n    - {topic: a, access: read}\n    - {topic: '#', access: deny}\n")
     assert main(["validate", str(rules)]) == 0  # a warning is not an error
-    assert f"{rules}:3:7: warning: users.D1[0]: never takes effect for D1" in capsys.readouterr().out
+    assert f"{rules}:3:7: warning: users.D1[0]: never takes effect for D1" in capsys.readouterr().err
 
 
 def test_shadowing_through_a_template_in_the_first_level_is_found():

@@ -44,8 +44,10 @@ def installed(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("pkg")
     src = clean_checkout(work / "src")
     sdist_dir = work / "sdist"
-    run(sys.executable, "-c", f"from setuptools import build_meta as b; print(b.build_sdist({str(sdist_dir)!r}))",
-        cwd=src)
+    built = run(sys.executable, "-c",
+                f"from setuptools import build_meta as b; print(b.build_sdist({str(sdist_dir)!r}))", cwd=src)
+    # no packaging warnings (e.g. the license table form setuptools deprecates)
+    assert "Deprecat" not in built.stdout + built.stderr, built.stderr
     [sdist] = sdist_dir.glob("*.tar.gz")
     with tarfile.open(sdist) as tar:
         safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.11.4
