@@ -12,7 +12,11 @@ import pytest
 
 import socket
 
-from harness import Broker, BrokerConfig, PolicyDaemon, Pki, free_port, make_workdir, run_policyd, wait_for
+from harness import (Broker, BrokerConfig, PolicyDaemon, Pki, broker_version, free_port, make_workdir, run_policyd,
+                     wait_for)
+
+# Mosquitto 2.0 drops an entry it cannot decode and starts; 2.1 refuses to start with it.
+PLAIN_LINE_DROPPED = broker_version() < (2, 1, 0)
 
 USERS = {"alice": ("sha512-pbkdf2", "correct horse"), "bob": ("sha512", "hunter2 with spaces")}
 ATTEMPTS = [("alice", "correct horse"), ("alice", "correct horsE"), ("bob", "hunter2 with spaces"),
@@ -61,8 +65,9 @@ def answers():
     for n, (user, (algorithm, password)) in enumerate(USERS.items()):
         subprocess.run(["mosquitto_passwd", *(["-c"] if n == 0 else []), "-H", algorithm, "-b", str(pwfile),
                         user, password], check=True)
-    with open(pwfile, "a") as fh:
-        fh.write("carol:carol-plaintext-pw\n")  # a plain-text line: Mosquitto drops it at start
+    if PLAIN_LINE_DROPPED:
+        with open(pwfile, "a") as fh:
+            fh.write("carol:carol-plaintext-pw\n")  # a plain-text line: Mosquitto 2.0 drops it at start
     pwfile.chmod(0o644)
     out = {"passwd": pwfile.read_text()}
 
@@ -112,7 +117,7 @@ def test_mosquitto_passwd_made_both_hash_forms(answers):
 def test_import_keeps_both_forms_and_says_what_it_left_out(answers):
     text = answers["section"].read_text()
     assert '"alice": "$7$' in text and '"bob": "$6$' in text and "carol" not in text
-    assert "carol" in answers["import"].stderr and "left out" in answers["import"].stderr
+    assert ("carol" in answers["import"].stderr and "left out" in answers["import"].stderr) == PLAIN_LINE_DROPPED
     assert "carol-plaintext-pw" not in answers["import"].stderr + answers["import"].stdout
     assert answers["section"].stat().st_mode & 0o777 == 0o600
 
