@@ -245,6 +245,8 @@ def test_an_answer_for_a_client_that_left_never_admits_the_next_one_with_its_id(
     # 2.1 names a waiting CONNECT only by client id. Device123 connects as "shared" and leaves
     # before policyd answers; a revoked device connects as "shared" at once. Device123's allow
     # arrives first and must not admit the revoked device (nor give it Device123's identity).
+    # Known weakness: with the supersede guard disabled this test still passed once; the timing
+    # it produces does not force the stale answer in first.
     broker, proxy = slow_identity.broker, slow_identity.proxy
     proxy.delay = SLOW_S
     try:
