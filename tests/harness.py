@@ -371,6 +371,8 @@ class SlowAuthProxy:
         import grpc
 
         self.delay = delay
+        self.next_delays: list[float] = []  # for the next Authenticate calls, in order, then `delay`
+        self.lock = threading.Lock()
         self.channel = grpc.insecure_channel(upstream)
         ident = lambda b: b  # noqa: E731 (bytes in, bytes out)
         unary = {name: self.channel.unary_unary(f"/policyd.v1.Policy/{name}", request_serializer=ident,
@@ -380,7 +382,9 @@ class SlowAuthProxy:
                                           response_deserializer=ident)
 
         def authenticate(request, context):
-            time.sleep(self.delay)
+            with self.lock:
+                delay = self.next_delays.pop(0) if self.next_delays else self.delay
+            time.sleep(delay)
             return unary["Authenticate"](request, timeout=30)
 
         def passthrough(name):

@@ -245,10 +245,10 @@ def test_an_answer_for_a_client_that_left_never_admits_the_next_one_with_its_id(
     # 2.1 names a waiting CONNECT only by client id. Device123 connects as "shared" and leaves
     # before policyd answers; a revoked device connects as "shared" at once. Device123's allow
     # arrives first and must not admit the revoked device (nor give it Device123's identity).
-    # Known weakness: with the supersede guard disabled this test still passed once; the timing
-    # it produces does not force the stale answer in first.
+    # Device123's answer comes at 2 s, while the revoked device's CONNECT (sent well before)
+    # still waits for its own (3 s).
     broker, proxy = slow_identity.broker, slow_identity.proxy
-    proxy.delay = SLOW_S
+    proxy.next_delays[:] = [2.0, 3.0]
     try:
         legit = Device(broker, "Device123", client_id="shared")
         legit.client.connect("127.0.0.1", broker.port, keepalive=30)
@@ -261,7 +261,7 @@ def test_an_answer_for_a_client_that_left_never_admits_the_next_one_with_its_id(
         outcome = connect_in_background(intruder).get(timeout=15)
         assert isinstance(outcome, ConnectionError), "a revoked certificate was admitted"
     finally:
-        proxy.delay = 0.0
+        proxy.next_delays.clear()
     again = Device(broker, "Device123", client_id="shared").connect()  # the id itself is not stuck
     assert again.publish("/device/Device123/t", b"x") == 0
     again.close()
