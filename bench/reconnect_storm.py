@@ -135,7 +135,8 @@ def main() -> int:
         print(f"  {c}: walls {[round(r['wall'], 2) for r in runs[c]]}, "
               f"broker CPU {[round(r['broker_cpu'], 2) for r in runs[c]]}, "
               f"cache entries at exit {[r['cache_entries'] for r in runs[c]]}, "
-              f"decisions {[r['decisions'] for r in runs[c]]}")
+              f"decisions {[r['decisions'] for r in runs[c]]}, "
+              f"connections retried {[int(r['retries']) for r in runs[c]]}")
     return 0
 
 
