@@ -32,6 +32,9 @@
 /* Cached answers expire up to this fraction (1/N) early, so entries stored
  * together do not all expire, and go back to the daemon, together. */
 #define TTL_JITTER_DIVISOR 10
+/* Cache entries a TICK looks at for expiry: a bounded slice of the broker's
+ * loop (a visit is a comparison; a free is a few pointer updates). */
+#define SWEEP_VISITS_PER_TICK 1024
 
 /* The request as the broker gave it, plus log-safe renderings made only
  * when a line is actually logged. */
@@ -276,14 +279,24 @@ static void remember_answer(struct policyd_plugin *plugin, const struct acl_subj
 }
 
 
+/* How long past its expiry an answer may still be served (on_error stale). */
+static int64_t stale_grace_ms(const struct policyd_plugin *plugin)
+{
+	if(plugin->config.on_error != ON_ERROR_STALE){
+		return 0;
+	}
+	return (int64_t)plugin->config.stale_max_age_s * 1000;
+}
+
+
 static bool cache_answer(struct policyd_plugin *plugin, const struct acl_subject *s,
-		int64_t now_ms, bool allow_expired, struct cache_answer *out)
+		int64_t now_ms, int64_t grace_ms, struct cache_answer *out)
 {
 	struct cache_identity id;
 
 	subject_identity(s, &id);
 	return cache_lookup(plugin->cache, &id, s->mosq_access, s->request.topic, s->request.topic_len,
-			atomic_load(&plugin->generation), now_ms, allow_expired, out) == CACHE_HIT;
+			atomic_load(&plugin->generation), now_ms, grace_ms, out) == CACHE_HIT;
 }
 
 
@@ -298,14 +311,16 @@ static int answer_rc(struct policyd_plugin *plugin, bool allow)
 }
 
 
-/* on_error stale: an expired answer of the generation in force, if any.
- * Returns -1 when there is none (the caller denies). */
+/* on_error stale: an answer of the generation in force that expired at most
+ * stale_max_age_s ago, if any. Returns -1 when there is none (the caller
+ * denies). */
 static int serve_stale(struct policyd_plugin *plugin, struct acl_subject *s,
 		const char *why, int64_t now_ms)
 {
 	struct cache_answer answer;
 
-	if(plugin->config.on_error != ON_ERROR_STALE || !cache_answer(plugin, s, now_ms, true, &answer)){
+	if(plugin->config.on_error != ON_ERROR_STALE
+			|| !cache_answer(plugin, s, now_ms, stale_grace_ms(plugin), &answer)){
 		return -1;
 	}
 	plugin->counters.stale_served++;
@@ -453,7 +468,9 @@ static int ask_daemon(struct policyd_plugin *plugin, struct acl_subject *s, int6
 		res.outcome = POLICY_ERROR;
 		res.error = POLICY_ERR_INTERNAL;
 	}
-	rc = serve_stale(plugin, s, policy_error_name(res.error), now_ms);
+	/* Stale answers stand in for an answer that never came, not for one the
+	 * daemon gave and the shim could not use (status, protocol, internal). */
+	rc = policy_error_is_no_answer(res.error) ? serve_stale(plugin, s, policy_error_name(res.error), now_ms) : -1;
 	if(rc >= 0){
 		plugin->counters.errors[res.error]++;
 		plugin->failing_streak++;
@@ -482,7 +499,7 @@ int acl_check_callback(int event, void *event_data, void *userdata)
 	}
 	now_ms = monotonic_ms();
 	generation_sync(plugin, 0); /* a newer generation from the Watch stream flushes first */
-	if(cache_answer(plugin, &subject, now_ms, false, &cached)){
+	if(cache_answer(plugin, &subject, now_ms, 0, &cached)){
 		plugin->counters.cache_hits++;
 		return answer_rc(plugin, cached.allow);
 	}
@@ -531,4 +548,30 @@ int acl_disconnect_callback(int event, void *event_data, void *userdata)
 	id.username_len = id.username ? strlen(id.username) : 0;
 	cache_drop_client(plugin->cache, &id);
 	return MOSQ_ERR_SUCCESS;
+}
+
+
+int acl_cache_start(struct policyd_plugin *plugin)
+{
+	const struct policyd_config *cfg = &plugin->config;
+	struct cache_limits limits = {
+		.max_entries = (size_t)cfg->cache_size,
+		.max_bytes = (size_t)cfg->cache_bytes,
+		.max_client_entries = (size_t)cfg->cache_client_entries,
+		.max_text_len = CONFIG_CACHE_TEXT_MAX,
+	};
+
+	plugin->cache = cache_create(&limits);
+	if(plugin->cache == NULL){
+		plog(MOSQ_LOG_ERR, "out of memory for a decision cache of %d entries", cfg->cache_size);
+		return MOSQ_ERR_NOMEM;
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
+
+/* TICK: frees a slice of the entries no check can use any more. */
+void acl_on_tick(struct policyd_plugin *plugin, int64_t now_ms)
+{
+	(void)cache_sweep(plugin->cache, now_ms - stale_grace_ms(plugin), SWEEP_VISITS_PER_TICK);
 }

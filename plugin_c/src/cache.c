@@ -6,13 +6,18 @@
  *   entries: (client, access, topic)           -> struct cache_entry
  * A client owns its entries (exact and scoped) and is freed with the last
  * of them. Every entry is also on one insertion-ordered list, whose head is
- * what gets evicted when the cache is full.
+ * what gets evicted when the cache is full, and which the sweep walks.
+ *
+ * Bytes are accounted as what each allocation asks for plus a fixed
+ * estimate of the allocator's own overhead per block.
  */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <mosquitto_broker.h>
 
 #include "cache.h"
 #include "topic_match.h"
@@ -22,7 +27,7 @@ struct cache_client;
 struct cache_entry {
 	struct cache_entry *hnext;          /* entry bucket chain (exact entries only) */
 	struct cache_entry *older, *newer;  /* insertion order, all entries */
-	struct cache_entry *cprev, *cnext;  /* this client's entries */
+	struct cache_entry *cprev, *cnext;  /* this client's entries, newest first */
 	struct cache_client *client;
 	uint64_t hash;
 	uint64_t generation;
@@ -39,7 +44,8 @@ struct cache_client {
 	uint64_t hash;
 	uint64_t serial;                    /* mixed into entry hashes */
 	size_t entry_count;
-	struct cache_entry *entries;
+	struct cache_entry *entries;        /* newest */
+	struct cache_entry *oldest_entry;   /* the end of `entries` */
 	struct cache_entry *scopes[CACHE_ACCESS_SLOTS][CACHE_SCOPES_PER_ACCESS];
 	bool anonymous;
 	size_t username_len;
@@ -48,16 +54,36 @@ struct cache_client {
 };
 
 struct cache {
-	size_t capacity;
+	struct cache_limits limits;
 	size_t count;
+	size_t bytes;                       /* accounted, see ALLOC_OVERHEAD */
 	uint64_t evictions;
+	uint64_t not_stored;
 	uint64_t next_serial;
 	uint64_t k0, k1;
 	size_t mask;                        /* bucket count - 1 (both tables) */
 	struct cache_entry **entry_buckets;
 	struct cache_client **client_buckets;
 	struct cache_entry *oldest, *newest;
+	struct cache_entry *sweep_next;     /* where the next sweep starts; NULL: the oldest */
 };
+
+/* What one heap block costs beyond the bytes asked for (glibc: 8-16). */
+#define ALLOC_OVERHEAD 16
+/* No entry is smaller than this: sizes the hash tables for the byte budget. */
+#define ENTRY_MIN_BYTES (sizeof(struct cache_entry) + ALLOC_OVERHEAD)
+
+
+static size_t entry_cost(size_t text_len)
+{
+	return sizeof(struct cache_entry) + text_len + ALLOC_OVERHEAD;
+}
+
+
+static size_t client_cost(size_t key_len)
+{
+	return sizeof(struct cache_client) + key_len + ALLOC_OVERHEAD;
+}
 
 
 /* ------------------------------------------------------------- hashing */
@@ -149,28 +175,44 @@ static int access_slot(int access)
 
 /* ----------------------------------------------------------- lifecycle */
 
-struct cache *cache_create(size_t capacity)
+/* One bucket per entry the limits allow, as a power of two. */
+static size_t bucket_count(const struct cache_limits *limits)
 {
-	struct cache *c = calloc(1, sizeof(*c));
+	size_t wanted = limits->max_entries;
 	size_t buckets = 16;
+
+	if(wanted > limits->max_bytes / ENTRY_MIN_BYTES){
+		wanted = limits->max_bytes / ENTRY_MIN_BYTES;
+	}
+	while(buckets < wanted){
+		buckets <<= 1;
+	}
+	return buckets;
+}
+
+
+struct cache *cache_create(const struct cache_limits *limits)
+{
+	struct cache *c = mosquitto_calloc(1, sizeof(*c));
+	size_t buckets;
 
 	if(c == NULL){
 		return NULL;
 	}
-	c->capacity = capacity;
+	c->limits = *limits;
 	c->next_serial = 1;
 	random_key(&c->k0, &c->k1);
-	while(buckets < capacity){
-		buckets <<= 1;
-	}
+	buckets = bucket_count(limits);
 	c->mask = buckets - 1;
-	if(capacity > 0){
-		c->entry_buckets = calloc(buckets, sizeof(*c->entry_buckets));
-		c->client_buckets = calloc(buckets, sizeof(*c->client_buckets));
+	c->bytes = sizeof(*c) + ALLOC_OVERHEAD;
+	if(limits->max_entries > 0){
+		c->entry_buckets = mosquitto_calloc(buckets, sizeof(*c->entry_buckets));
+		c->client_buckets = mosquitto_calloc(buckets, sizeof(*c->client_buckets));
 		if(c->entry_buckets == NULL || c->client_buckets == NULL){
 			cache_destroy(c);
 			return NULL;
 		}
+		c->bytes += 2 * (buckets * sizeof(void *) + ALLOC_OVERHEAD);
 	}
 	return c;
 }
@@ -186,9 +228,9 @@ void cache_destroy(struct cache *c)
 	while(c->oldest){
 		entry_remove(c, c->oldest, false);
 	}
-	free(c->entry_buckets);
-	free(c->client_buckets);
-	free(c);
+	mosquitto_free(c->entry_buckets);
+	mosquitto_free(c->client_buckets);
+	mosquitto_free(c);
 }
 
 
@@ -200,7 +242,25 @@ size_t cache_entries(const struct cache *c)
 
 size_t cache_capacity(const struct cache *c)
 {
-	return c ? c->capacity : 0;
+	return c ? c->limits.max_entries : 0;
+}
+
+
+size_t cache_bytes(const struct cache *c)
+{
+	return c ? c->bytes : 0;
+}
+
+
+size_t cache_bytes_limit(const struct cache *c)
+{
+	return c ? c->limits.max_bytes : 0;
+}
+
+
+uint64_t cache_not_stored(const struct cache *c)
+{
+	return c ? c->not_stored : 0;
 }
 
 
@@ -239,7 +299,7 @@ static struct cache_client *client_find(struct cache *c, const struct cache_iden
 static struct cache_client *client_add(struct cache *c, const struct cache_identity *id, uint64_t hash)
 {
 	size_t ulen = id->username ? id->username_len : 0;
-	struct cache_client *cl = calloc(1, sizeof(*cl) + ulen + id->client_id_len);
+	struct cache_client *cl = mosquitto_calloc(1, sizeof(*cl) + ulen + id->client_id_len);
 	struct cache_client **bucket = &c->client_buckets[hash & c->mask];
 
 	if(cl == NULL){
@@ -258,6 +318,7 @@ static struct cache_client *client_add(struct cache *c, const struct cache_ident
 	}
 	cl->hnext = *bucket;
 	*bucket = cl;
+	c->bytes += client_cost(ulen + id->client_id_len);
 	return cl;
 }
 
@@ -272,7 +333,8 @@ static void client_free(struct cache *c, struct cache_client *cl)
 	if(*pp){
 		*pp = cl->hnext;
 	}
-	free(cl);
+	c->bytes -= client_cost(cl->username_len + cl->client_id_len);
+	mosquitto_free(cl);
 }
 
 
@@ -306,6 +368,9 @@ static void entry_unlink_scope(struct cache_entry *e)
 
 static void entry_unlink_order(struct cache *c, struct cache_entry *e)
 {
+	if(c->sweep_next == e){
+		c->sweep_next = e->newer;
+	}
 	if(e->older) e->older->newer = e->newer; else c->oldest = e->newer;
 	if(e->newer) e->newer->older = e->older; else c->newest = e->older;
 	e->older = e->newer = NULL;
@@ -334,10 +399,11 @@ static void entry_remove(struct cache *c, struct cache_entry *e, bool keep_clien
 	}
 	entry_unlink_order(c, e);
 	if(e->cprev) e->cprev->cnext = e->cnext; else cl->entries = e->cnext;
-	if(e->cnext) e->cnext->cprev = e->cprev;
+	if(e->cnext) e->cnext->cprev = e->cprev; else cl->oldest_entry = e->cprev;
 	cl->entry_count--;
 	c->count--;
-	free(e);
+	c->bytes -= entry_cost(e->text_len);
+	mosquitto_free(e);
 	if(cl->entry_count == 0 && !keep_client){
 		client_free(c, cl);
 	}
@@ -360,10 +426,10 @@ static struct cache_entry *entry_find(struct cache *c, const struct cache_client
 }
 
 
-static struct cache_entry *entry_new(struct cache_client *cl, int slot, bool scoped,
+static struct cache_entry *entry_new(struct cache *c, struct cache_client *cl, int slot, bool scoped,
 		const char *text, size_t text_len)
 {
-	struct cache_entry *e = calloc(1, sizeof(*e) + text_len);
+	struct cache_entry *e = mosquitto_calloc(1, sizeof(*e) + text_len);
 
 	if(e == NULL){
 		return NULL;
@@ -374,30 +440,32 @@ static struct cache_entry *entry_new(struct cache_client *cl, int slot, bool sco
 	e->text_len = text_len;
 	memcpy(e->text, text, text_len);
 	e->cnext = cl->entries;
-	if(cl->entries) cl->entries->cprev = e;
+	if(cl->entries) cl->entries->cprev = e; else cl->oldest_entry = e;
 	cl->entries = e;
 	cl->entry_count++;
+	c->count++;
+	c->bytes += entry_cost(text_len);
 	return e;
 }
 
 
-static bool entry_usable(const struct cache_entry *e, uint64_t generation, int64_t now_ms, bool allow_expired)
+static bool entry_usable(const struct cache_entry *e, uint64_t generation, int64_t now_ms, int64_t grace_ms)
 {
-	return e->generation == generation && (allow_expired || now_ms < e->expires_ms);
+	return e->generation == generation && now_ms - grace_ms < e->expires_ms;
 }
 
 
 /* -------------------------------------------------------------- lookup */
 
 static struct cache_entry *scope_match(struct cache_client *cl, int slot, const char *topic,
-		size_t topic_len, uint64_t generation, int64_t now_ms, bool allow_expired)
+		size_t topic_len, uint64_t generation, int64_t now_ms, int64_t grace_ms)
 {
 	int i;
 
 	for(i = 0; i < CACHE_SCOPES_PER_ACCESS; i++){
 		struct cache_entry *e = cl->scopes[slot][i];
 
-		if(e && entry_usable(e, generation, now_ms, allow_expired)
+		if(e && entry_usable(e, generation, now_ms, grace_ms)
 				&& topic_filter_matches(e->text, e->text_len, topic, topic_len)){
 			return e;
 		}
@@ -408,13 +476,13 @@ static struct cache_entry *scope_match(struct cache_client *cl, int slot, const 
 
 enum cache_lookup cache_lookup(struct cache *c, const struct cache_identity *id, int access,
 		const char *topic, size_t topic_len, uint64_t generation, int64_t now_ms,
-		bool allow_expired, struct cache_answer *out)
+		int64_t grace_ms, struct cache_answer *out)
 {
 	struct cache_client *cl;
 	struct cache_entry *e;
 	int slot = access_slot(access);
 
-	if(c == NULL || c->capacity == 0 || slot < 0 || c->count == 0){
+	if(c == NULL || c->limits.max_entries == 0 || slot < 0 || c->count == 0){
 		return CACHE_MISS;
 	}
 	cl = client_find(c, id, client_hash(c, id));
@@ -422,11 +490,11 @@ enum cache_lookup cache_lookup(struct cache *c, const struct cache_identity *id,
 		return CACHE_MISS;
 	}
 	e = entry_find(c, cl, slot, topic, topic_len);
-	if(e && !entry_usable(e, generation, now_ms, allow_expired)){
+	if(e && !entry_usable(e, generation, now_ms, grace_ms)){
 		e = NULL;
 	}
 	if(e == NULL){
-		e = scope_match(cl, slot, topic, topic_len, generation, now_ms, allow_expired);
+		e = scope_match(cl, slot, topic, topic_len, generation, now_ms, grace_ms);
 	}
 	if(e == NULL){
 		return CACHE_MISS;
@@ -499,6 +567,41 @@ static struct cache_entry *existing_entry(struct cache *c, const struct cache_id
 }
 
 
+/* Evicts oldest entries until `need` more bytes and one more entry fit.
+ * Entries of `keep` are evicted too, but `keep` itself is not freed.
+ * Says whether there is room. */
+static bool make_room(struct cache *c, size_t need, struct cache_client *keep)
+{
+	while((c->count >= c->limits.max_entries || c->bytes + need > c->limits.max_bytes) && c->oldest){
+		entry_remove(c, c->oldest, c->oldest->client == keep);
+		c->evictions++;
+	}
+	return c->count < c->limits.max_entries && c->bytes + need <= c->limits.max_bytes;
+}
+
+
+/* The client to store under, within its own entry cap, or NULL. */
+static struct cache_client *client_for_store(struct cache *c, const struct cache_identity *id, size_t text_len)
+{
+	uint64_t hash = client_hash(c, id);
+	struct cache_client *cl = client_find(c, id, hash);
+	size_t key_len = (id->username ? id->username_len : 0) + id->client_id_len;
+
+	if(cl != NULL && cl->entry_count >= c->limits.max_client_entries && cl->oldest_entry){
+		/* One client churns its own entries, not everybody else's. */
+		entry_remove(c, cl->oldest_entry, true);
+		c->evictions++;
+	}
+	if(!make_room(c, entry_cost(text_len) + (cl ? 0 : client_cost(key_len)), cl)){
+		if(cl != NULL && cl->entry_count == 0){
+			client_free(c, cl);
+		}
+		return NULL;
+	}
+	return cl != NULL ? cl : client_add(c, id, hash);
+}
+
+
 void cache_store(struct cache *c, const struct cache_identity *id, int access,
 		const char *topic, size_t topic_len, const char *scope, size_t scope_len,
 		const struct cache_answer *answer, int64_t expires_ms)
@@ -509,9 +612,13 @@ void cache_store(struct cache *c, const struct cache_identity *id, int access,
 	size_t len = scoped ? scope_len : topic_len;
 	struct cache_client *cl;
 	struct cache_entry *e;
-	uint64_t hash;
+	int scope_index = -1;
 
-	if(c == NULL || c->capacity == 0 || slot < 0 || text == NULL){
+	if(c == NULL || c->limits.max_entries == 0 || slot < 0 || text == NULL){
+		return;
+	}
+	if(len > c->limits.max_text_len){
+		c->not_stored++;
 		return;
 	}
 	e = existing_entry(c, id, slot, text, len, scoped);
@@ -519,24 +626,22 @@ void cache_store(struct cache *c, const struct cache_identity *id, int access,
 		entry_set(c, e, answer, expires_ms);
 		return;
 	}
-	while(c->count >= c->capacity && c->oldest){
-		entry_remove(c, c->oldest, false);
-		c->evictions++;
-	}
-	hash = client_hash(c, id);
-	cl = client_find(c, id, hash);
-	if(cl == NULL && (cl = client_add(c, id, hash)) == NULL){
+	cl = client_for_store(c, id, len);
+	if(cl == NULL){
+		c->not_stored++;
 		return;
 	}
-	int scope_index = scoped ? scope_slot_free(c, cl, slot) : -1;
-	e = entry_new(cl, slot, scoped, text, len);
+	if(scoped){
+		scope_index = scope_slot_free(c, cl, slot);
+	}
+	e = entry_new(c, cl, slot, scoped, text, len);
 	if(e == NULL){
 		if(cl->entry_count == 0){
 			client_free(c, cl);
 		}
+		c->not_stored++;
 		return;
 	}
-	c->count++;
 	if(scoped){
 		cl->scopes[slot][scope_index] = e;
 	}else{
@@ -560,7 +665,7 @@ void cache_drop_client(struct cache *c, const struct cache_identity *id)
 {
 	struct cache_client *cl;
 
-	if(c == NULL || c->capacity == 0 || c->count == 0){
+	if(c == NULL || c->limits.max_entries == 0 || c->count == 0){
 		return;
 	}
 	cl = client_find(c, id, client_hash(c, id));
@@ -588,4 +693,25 @@ void cache_flush_generation(struct cache *c, uint64_t generation)
 			entry_remove(c, e, false);
 		}
 	}
+}
+
+
+size_t cache_sweep(struct cache *c, int64_t cutoff_ms, size_t max_visits)
+{
+	struct cache_entry *e, *newer;
+	size_t visits = 0, freed = 0;
+
+	if(c == NULL){
+		return 0;
+	}
+	for(e = c->sweep_next ? c->sweep_next : c->oldest; e && visits < max_visits; e = newer){
+		newer = e->newer;
+		visits++;
+		if(e->expires_ms <= cutoff_ms){
+			entry_remove(c, e, false);
+			freed++;
+		}
+	}
+	c->sweep_next = e;
+	return freed;
 }

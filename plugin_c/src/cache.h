@@ -8,9 +8,14 @@
  * ticks all run there), so it takes no lock at all; the only value shared
  * with other threads is the policy generation, which callers pass in.
  *
- * Bounded: at most `capacity` entries (exact + scoped); when full the oldest
- * inserted entry is evicted. Entries are never refreshed by a hit: an answer
- * lives at most its TTL from the moment the daemon gave it.
+ * Bounded by entries and by bytes (struct cache_limits): when either limit
+ * would be passed the oldest inserted entry is evicted; one client holds at
+ * most max_client_entries (its own oldest goes first), so a client that asks
+ * about endless distinct topics only churns its own entries; texts longer
+ * than max_text_len are not cached at all. Expired entries are freed by
+ * cache_sweep() in slices. Memory comes from the broker's allocator, so
+ * its memory_limit and heap figures see it. Entries are never refreshed by
+ * a hit: an answer lives at most its TTL from the moment the daemon gave it.
  */
 #ifndef POLICYD_CACHE_H
 #define POLICYD_CACHE_H
@@ -43,19 +48,24 @@ enum cache_lookup {
 	CACHE_HIT,        /* fresh answer of the current generation */
 };
 
-/* capacity 0 disables the cache (every call then misses / does nothing).
- * Returns NULL only when out of memory. */
-struct cache *cache_create(size_t capacity);
+struct cache_limits {
+	size_t max_entries;         /* 0 disables the cache (every call misses / does nothing) */
+	size_t max_bytes;           /* accounted bytes: tables, clients, entries */
+	size_t max_client_entries;  /* per (username, client id) */
+	size_t max_text_len;        /* longer topics and filters are never stored */
+};
+
+/* Returns NULL only when out of memory. */
+struct cache *cache_create(const struct cache_limits *limits);
 void cache_destroy(struct cache *cache);
 
 /* Looks up `topic` for this identity and access (a MOSQ_ACL_* value):
  * first the exact entry, then the client's scoped filters. Entries of a
- * generation other than `generation` are never returned (and are freed);
- * with allow_expired, an expired entry of the current generation is
- * returned too (for on_error stale). */
+ * generation other than `generation` are never returned; with grace_ms > 0
+ * an entry expired less than grace_ms ago is returned too (on_error stale). */
 enum cache_lookup cache_lookup(struct cache *cache, const struct cache_identity *id, int access,
 		const char *topic, size_t topic_len, uint64_t generation, int64_t now_ms,
-		bool allow_expired, struct cache_answer *out);
+		int64_t grace_ms, struct cache_answer *out);
 
 /* Stores an answer valid until expires_ms. scope NULL: for this topic only;
  * otherwise for every topic the filter `scope` matches. */
@@ -69,8 +79,16 @@ void cache_drop_client(struct cache *cache, const struct cache_identity *id);
 /* Drops every entry whose generation is not `generation`. */
 void cache_flush_generation(struct cache *cache, uint64_t generation);
 
+/* Frees entries that expired at or before `cutoff_ms`, visiting at most
+ * `max_visits` entries from where the previous sweep stopped (round robin
+ * over the insertion order). Returns how many were freed. */
+size_t cache_sweep(struct cache *cache, int64_t cutoff_ms, size_t max_visits);
+
 size_t cache_entries(const struct cache *cache);
 size_t cache_capacity(const struct cache *cache);
+size_t cache_bytes(const struct cache *cache);       /* accounted bytes in use */
+size_t cache_bytes_limit(const struct cache *cache);
 uint64_t cache_evictions(const struct cache *cache);
+uint64_t cache_not_stored(const struct cache *cache); /* too long, or out of memory */
 
 #endif

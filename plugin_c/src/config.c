@@ -17,9 +17,7 @@
 /*
  * Options are described by a table; adding one means adding a field to
  * struct policyd_config, a row below and, for a new kind of value, a case
- * in option_set(). Planned: cache_size and stats_interval_s (OPT_INT),
- * cache_ttl_s (OPT_INT), on_error deny|stale (an enum kind), identity and
- * tls_ca/tls_cert/tls_key (OPT_STRING paths).
+ * in option_set().
  */
 enum option_kind {
 	OPT_STRING,
@@ -60,6 +58,21 @@ static const struct option_spec option_specs[] = {
 		.key = "policyd_cache_ttl_s", .kind = OPT_INT,
 		.offset = offsetof(struct policyd_config, cache_ttl_s),
 		.min = 0, .max = 86400,
+	},
+	{
+		.key = "policyd_cache_bytes", .kind = OPT_INT,
+		.offset = offsetof(struct policyd_config, cache_bytes),
+		.min = CONFIG_CACHE_BYTES_MIN, .max = INT_MAX,
+	},
+	{
+		.key = "policyd_cache_client_entries", .kind = OPT_INT,
+		.offset = offsetof(struct policyd_config, cache_client_entries),
+		.min = 1, .max = 10000000,
+	},
+	{
+		.key = "policyd_stale_max_age_s", .kind = OPT_INT,
+		.offset = offsetof(struct policyd_config, stale_max_age_s),
+		.min = 1, .max = 86400,
 	},
 	{
 		.key = "policyd_on_error", .kind = OPT_CHOICE,
@@ -104,6 +117,9 @@ static void config_defaults(struct policyd_config *cfg)
 	cfg->timeout_ms = CONFIG_TIMEOUT_MS_DEFAULT;
 	cfg->cache_size = CONFIG_CACHE_SIZE_DEFAULT;
 	cfg->cache_ttl_s = CONFIG_CACHE_TTL_S_DEFAULT;
+	cfg->cache_bytes = CONFIG_CACHE_BYTES_DEFAULT;
+	cfg->cache_client_entries = CONFIG_CACHE_CLIENT_ENTRIES_DEFAULT;
+	cfg->stale_max_age_s = CONFIG_STALE_MAX_AGE_S_DEFAULT;
 	cfg->on_error = ON_ERROR_DENY;
 	cfg->stats_interval_s = CONFIG_STATS_INTERVAL_S_DEFAULT;
 	cfg->breaker_threshold = CONFIG_BREAKER_THRESHOLD_DEFAULT;

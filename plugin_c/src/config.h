@@ -15,6 +15,13 @@
 #define CONFIG_TIMEOUT_MS_MAX 60000
 
 #define CONFIG_CACHE_SIZE_DEFAULT 100000
+#define CONFIG_CACHE_BYTES_DEFAULT (64 * 1024 * 1024)
+#define CONFIG_CACHE_BYTES_MIN (64 * 1024)
+#define CONFIG_CACHE_CLIENT_ENTRIES_DEFAULT 1000
+/* Topics and filters longer than this are asked every time, never cached:
+ * real topics are far shorter, and one long entry costs as much as hundreds. */
+#define CONFIG_CACHE_TEXT_MAX 1024
+#define CONFIG_STALE_MAX_AGE_S_DEFAULT 300
 #define CONFIG_CACHE_TTL_S_DEFAULT 60
 #define CONFIG_STATS_INTERVAL_S_DEFAULT 60
 #define CONFIG_BREAKER_THRESHOLD_DEFAULT 3
@@ -37,6 +44,9 @@ struct policyd_config {
 	int timeout_ms;     /* policyd_timeout_ms: per-check deadline */
 	int cache_size;     /* policyd_cache_size: decision cache entries, 0 = off */
 	int cache_ttl_s;    /* policyd_cache_ttl_s: cap on the daemon's cache_ttl_ms */
+	int cache_bytes;    /* policyd_cache_bytes: byte budget of the decision cache */
+	int cache_client_entries; /* policyd_cache_client_entries: entries one client may hold */
+	int stale_max_age_s;      /* policyd_stale_max_age_s: on_error stale serves answers expired at most this long */
 	int on_error;       /* policyd_on_error: enum config_on_error */
 	int stats_interval_s;    /* policyd_stats_interval_s: log + report counters, 0 = never */
 	int breaker_threshold;   /* policyd_breaker_threshold: deadline misses in a row that open it */

@@ -88,6 +88,7 @@ static int plugin_on_tick(int event, void *event_data, void *userdata)
 		watch_on_tick(plugin->watch, plugin->conns);
 		conn_sweep(plugin->conns, now);
 		stats_on_tick(plugin, now);
+		acl_on_tick(plugin, now);
 		if(auth_delayed_waiting(plugin->auth_delayed)){
 			broker_request_tick(event_data, PLUGIN_TICK_CONNECT_MS);
 		}
@@ -257,9 +258,7 @@ static int plugin_start_client(struct policyd_plugin *plugin)
 		plog(MOSQ_LOG_ERR, "out of memory for the connection table");
 		return MOSQ_ERR_NOMEM;
 	}
-	plugin->cache = cache_create((size_t)plugin->config.cache_size);
-	if(plugin->cache == NULL){
-		plog(MOSQ_LOG_ERR, "out of memory for a decision cache of %d entries", plugin->config.cache_size);
+	if(acl_cache_start(plugin) != MOSQ_ERR_SUCCESS){
 		return MOSQ_ERR_NOMEM;
 	}
 	breaker_init(&plugin->breaker, (unsigned)plugin->config.breaker_threshold,

@@ -115,6 +115,12 @@ const char *policy_error_name(enum policy_error error)
 }
 
 
+bool policy_error_is_no_answer(enum policy_error error)
+{
+	return error == POLICY_ERR_UNAVAILABLE || error == POLICY_ERR_DEADLINE;
+}
+
+
 static const char *status_name(grpc_status_code code)
 {
 	static const char *const names[] = {
@@ -707,7 +713,8 @@ static grpc_byte_buffer *unary_call(struct policy_client *client, grpc_slice met
 					"no completion by the deadline; call cancelled");
 			break;
 		case WAIT_ABANDONED:
-			result_error(status, POLICY_ERR_INTERNAL, GRPC_STATUS_DEADLINE_EXCEEDED,
+			/* Still a deadline miss: it feeds the breaker like one. */
+			result_error(status, POLICY_ERR_DEADLINE, GRPC_STATUS_DEADLINE_EXCEEDED,
 					"call did not complete after cancel; abandoned");
 			client->abandoned++;
 			return NULL; /* ctx deliberately leaked: gRPC may still write into it */
@@ -870,6 +877,7 @@ static grpc_byte_buffer *encode_stats(const struct policy_shim_stats *st)
 	msg.cache_hits = st->cache_hits;
 	msg.cache_misses = st->cache_misses;
 	msg.cache_entries = st->cache_entries;
+	msg.cache_bytes = st->cache_bytes;
 	msg.stale_served = st->stale_served;
 	msg.breaker_opens = st->breaker_opens;
 	msg.breaker_open = st->breaker_open != 0;

@@ -10,6 +10,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 /* Values of policyd.v1.Access (identical to Mosquitto's MOSQ_ACL_*). */
@@ -86,7 +87,7 @@ struct policy_check_result {
 struct policy_shim_stats {
 	const char *broker_id;
 	uint64_t checks, allowed, denied, errors;
-	uint64_t cache_hits, cache_misses, cache_entries;
+	uint64_t cache_hits, cache_misses, cache_entries, cache_bytes;
 	uint64_t stale_served, breaker_opens;
 	int breaker_open;
 };
@@ -152,5 +153,8 @@ int policy_client_report_stats(struct policy_client *client, const struct policy
 
 /* Short stable names ("unavailable", "deadline", ...) for logs and stats. */
 const char *policy_error_name(enum policy_error error);
+/* The daemon gave no answer in time (unreachable, deadline): the errors a
+ * retry or a stale answer may stand in for; the others are answers gone wrong. */
+bool policy_error_is_no_answer(enum policy_error error);
 
 #endif

@@ -37,6 +37,8 @@ const char *stub_log_line(int i);
 void stub_reset(void);
 int stub_kicks(void);
 int64_t stub_acl_check_loop(struct mosquitto *client, int access, const char *topic, int n, int *allowed);
+int64_t stub_heap_bytes(void);
+int64_t stub_heap_blocks(void);
 int stub_acl_check_timed(struct mosquitto *client, int access, const char *topic, int n, int64_t *out_ns);
 """)
 

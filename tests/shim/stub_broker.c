@@ -86,6 +86,63 @@ void mosquitto_log_printf(int level, const char *fmt, ...)
 }
 
 
+/* The broker's allocator: counts what is outstanding, as the broker's
+ * memory tracking ($SYS heap figures, memory_limit) would. */
+static int64_t heap_bytes;
+static int64_t heap_blocks;
+
+void *mosquitto_calloc(size_t nmemb, size_t size)
+{
+	size_t total;
+	size_t *block;
+
+	if(size != 0 && nmemb > (SIZE_MAX - 16) / size){
+		return NULL;
+	}
+	total = nmemb * size;
+	block = calloc(1, total + 16);
+	if(block == NULL){
+		return NULL;
+	}
+	block[0] = total;
+	heap_bytes += (int64_t)total;
+	heap_blocks++;
+	return (char *)block + 16;
+}
+
+
+void *mosquitto_malloc(size_t size)
+{
+	return mosquitto_calloc(1, size);
+}
+
+
+void mosquitto_free(void *mem)
+{
+	size_t *block;
+
+	if(mem == NULL){
+		return;
+	}
+	block = (size_t *)((char *)mem - 16);
+	heap_bytes -= (int64_t)block[0];
+	heap_blocks--;
+	free(block);
+}
+
+
+int64_t stub_heap_bytes(void)
+{
+	return heap_bytes;
+}
+
+
+int64_t stub_heap_blocks(void)
+{
+	return heap_blocks;
+}
+
+
 const char *mosquitto_client_id(const struct mosquitto *client)
 {
 	return client ? client->id : NULL;
