@@ -539,6 +539,7 @@ int acl_disconnect_callback(int event, void *event_data, void *userdata)
 		return MOSQ_ERR_SUCCESS;
 	}
 	connection_going_offline(plugin, ed->client);
+	auth_forget(plugin, ed->client);
 	id.client_id = mosquitto_client_id(ed->client);
 	if(id.client_id == NULL){
 		return MOSQ_ERR_SUCCESS; /* nothing was cached for it: checks need a client id */

@@ -3,7 +3,8 @@
  *
  * Identity mode: certificate (DER) + client id + username presence +
  * password presence + peer address go to Policy.Authenticate; allow sets the
- * username to the daemon's identity, anything else refuses the CONNECT.
+ * username to the daemon's identity, a deny refuses the CONNECT ("not
+ * authorized").
  *
  * Broker mode (the default): the broker calls this only on listeners without
  * use_identity_as_username, where a username is merely what the client sent.
@@ -13,12 +14,20 @@
  *
  * Never cached: every CONNECT is asked, so a revoked certificate is refused at
  * its next attempt. A password goes only to policyd, never to a log.
+ *
+ * No answer (daemon down, hung, breaker open, broken answer) refuses too,
+ * but as a retryable failure, never "not authorized": devices give up on
+ * that. The ACL checks' circuit breaker guards these calls as well. A
+ * re-authentication of a connection this plugin authenticated with the same
+ * certificate (a broker SIGHUP re-runs BASIC_AUTH for every client) is
+ * answered without a call (auth_known.h).
  */
 #include <inttypes.h>
 #include <stdbool.h>
 #include <string.h>
 
 #include <openssl/crypto.h>
+#include <openssl/sha.h>
 #include <openssl/x509.h>
 
 #include <mosquitto.h>
@@ -27,12 +36,17 @@
 
 #include "auth.h"
 #include "auth_delayed.h"
+#include "auth_known.h"
 #include "conn.h"
 #include "plugin_state.h"
 
 #define AUTH_DENIED_LOG_BURST 20
 #define AUTH_REJECTED_LOG_BURST 5
 #define AUTH_ERROR_LOG_BURST 1
+/* MOSQ_ERR_SERVER_UNAVAILABLE of Mosquitto 2.1's headers (not in 2.0's):
+ * 2.1 answers it with CONNACK 0x88 to an MQTT 5 client; 2.0 treats it as
+ * any unknown code and closes the connection without a CONNACK. */
+#define AUTH_RC_SERVER_UNAVAILABLE 136
 
 
 void auth_init(struct policyd_auth *auth)
@@ -96,11 +110,72 @@ static int auth_refuse(struct policyd_plugin *plugin, const char *client_id,
 	}
 	plugin->auth.errors[res->error < POLICY_ERR__COUNT ? res->error : POLICY_ERR_INTERNAL]++;
 	if(log_limiter_admit(&plugin->auth.error_log)){
-		plog_admitted(&plugin->auth.error_log, MOSQ_LOG_ERR, "CONNECT of client '%s' refused: no answer from "
-				"policyd (%s: %s)", log_sanitize_str(shown, sizeof(shown), client_id),
+		plog_admitted(&plugin->auth.error_log, MOSQ_LOG_ERR, "CONNECT of client '%s' refused as retryable: no "
+				"answer from policyd (%s: %s)", log_sanitize_str(shown, sizeof(shown), client_id),
 				policy_error_name(res->error), log_sanitize(detail, sizeof(detail), res->detail, strlen(res->detail)));
 	}
-	return MOSQ_ERR_AUTH;
+	return MOSQ_ERR_UNKNOWN; /* the caller makes it retryable */
+}
+
+
+/* A refusal the client should retry (see AUTH_RC_SERVER_UNAVAILABLE). An
+ * MQTT 3 client would get "not authorized" from 2.1 for that code, so its
+ * connection is closed without a CONNACK instead. */
+static int auth_retryable_rc(struct mosquitto *client)
+{
+	return mosquitto_client_protocol_version(client) == 5 ? AUTH_RC_SERVER_UNAVAILABLE : MOSQ_ERR_UNKNOWN;
+}
+
+
+/* Breaker open: refused at once, as retryable, without asking. */
+static int auth_breaker_refuse(struct policyd_plugin *plugin, struct mosquitto *client, const char *client_id)
+{
+	char shown[LOG_IDENT_MAX];
+
+	plugin->auth.breaker_refused++;
+	if(log_limiter_admit(&plugin->auth.error_log)){
+		plog_admitted(&plugin->auth.error_log, MOSQ_LOG_WARNING, "CONNECT of client '%s' refused as retryable "
+				"without asking: circuit breaker open (policyd missed its deadlines)",
+				log_sanitize_str(shown, sizeof(shown), client_id));
+	}
+	return auth_retryable_rc(client);
+}
+
+
+/* A re-authentication of a connection authenticated here with this very
+ * certificate, still holding the identity set for it: nothing to ask. */
+static bool auth_reauth_known(struct policyd_plugin *plugin, const struct mosquitto_evt_basic_auth *ed,
+		const char *client_id, const unsigned char digest[AUTH_KNOWN_DIGEST_LEN])
+{
+	if(!auth_known_matches(plugin->auth.known, ed->client, client_id, digest, ed->username)){
+		return false;
+	}
+	plugin->auth.reauth_known++;
+	return true;
+}
+
+
+/* Best effort: without the record a re-authentication is simply asked. */
+static void auth_remember(struct policyd_plugin *plugin, struct mosquitto *client, const char *client_id,
+		const unsigned char digest[AUTH_KNOWN_DIGEST_LEN], const char *identity)
+{
+	if(plugin->auth.known == NULL){
+		plugin->auth.known = auth_known_create();
+	}
+	(void)auth_known_remember(plugin->auth.known, client, client_id, digest, identity);
+}
+
+
+void auth_forget(struct policyd_plugin *plugin, struct mosquitto *client)
+{
+	auth_known_forget(plugin->auth.known, client);
+}
+
+
+void auth_cleanup(struct policyd_auth *auth)
+{
+	auth_known_destroy(auth->known);
+	auth->known = NULL;
 }
 
 
@@ -168,8 +243,10 @@ int auth_basic_callback(int event, void *event_data, void *userdata)
 	struct mosquitto_evt_basic_auth *ed = event_data;
 	struct policy_auth_request req;
 	struct policy_auth_result res;
+	unsigned char digest[AUTH_KNOWN_DIGEST_LEN];
 	unsigned char *der;
 	size_t der_len;
+	bool has_cert;
 	int rc;
 
 	(void)event;
@@ -177,12 +254,22 @@ int auth_basic_callback(int event, void *event_data, void *userdata)
 		return MOSQ_ERR_AUTH;
 	}
 	auth_request_fill(&req, ed->client, ed);
+	der_len = 0;
+	der = plugin->config.identity == IDENTITY_CERT ? client_certificate_der(ed->client, &der_len) : NULL;
+	has_cert = der != NULL;
+	if(has_cert){
+		SHA256(der, der_len, digest);
+		if(auth_reauth_known(plugin, ed, req.client_id, digest)){
+			OPENSSL_free(der);
+			return MOSQ_ERR_SUCCESS;
+		}
+	}
 	/* A new CONNECT on this client: nothing verified before carries over. */
 	conn_drop(plugin->conns, ed->client);
+	auth_forget(plugin, ed->client);
 	if(plugin->config.identity != IDENTITY_CERT){
 		return auth_claimed_username(plugin, ed, &req);
 	}
-	der = client_certificate_der(ed->client, &der_len);
 	if(der == NULL && !auth_may_send_password(plugin, ed)){
 		return auth_refuse_local(plugin, req.client_id, "no client certificate, and no password that may "
 				"be sent to policyd (a password client needs a username, a password and a unix: address)");
@@ -191,25 +278,35 @@ int auth_basic_callback(int event, void *event_data, void *userdata)
 		req.password = ed->password;
 		req.password_len = strlen(ed->password);
 	}
+	if(!breaker_allows(&plugin->breaker, monotonic_ms())){
+		OPENSSL_free(der);
+		return auth_breaker_refuse(plugin, ed->client, req.client_id);
+	}
 	req.certificate_der = der;
 	req.certificate_der_len = der_len;
 	if(plugin->auth_delayed != NULL){
 		/* Mosquitto 2.1: answered from a worker thread, completed on a TICK. */
 		rc = auth_delayed_begin(plugin->auth_delayed, ed->client, &req);
-		if(der != NULL){
-			OPENSSL_free(der);
-		}
+		OPENSSL_free(der);
 		return rc;
 	}
 	policy_client_authenticate(plugin->client, &req, &res);
-	if(der != NULL){
-		OPENSSL_free(der);
+	(void)breaker_record(&plugin->breaker, res.outcome == POLICY_ERROR && res.error == POLICY_ERR_DEADLINE,
+			monotonic_ms());
+	OPENSSL_free(der); /* NULL-safe */
+	if(res.outcome == POLICY_ERROR){
+		(void)auth_refuse(plugin, req.client_id, &res);
+		return auth_retryable_rc(ed->client);
 	}
 	rc = auth_outcome(plugin, req.client_id, &res);
 	if(rc != MOSQ_ERR_SUCCESS){
 		return rc;
 	}
-	return auth_set_identity(plugin, ed->client, req.client_id, res.username, der == NULL);
+	rc = auth_set_identity(plugin, ed->client, req.client_id, res.username, !has_cert);
+	if(rc == MOSQ_ERR_SUCCESS && has_cert){
+		auth_remember(plugin, ed->client, req.client_id, digest, res.username);
+	}
+	return rc;
 }
 
 
@@ -244,8 +341,9 @@ void auth_log_stats(const struct policyd_plugin *plugin)
 	const struct policyd_auth *a = &plugin->auth;
 
 	plog(MOSQ_LOG_INFO, "identity: connects allowed=%" PRIu64 " denied=%" PRIu64 " rejected=%" PRIu64
+			" reauth_known=%" PRIu64 " breaker_refused=%" PRIu64
 			" errors: unavailable=%" PRIu64 " deadline=%" PRIu64 " status=%" PRIu64 " protocol=%" PRIu64
-			" internal=%" PRIu64, a->allowed, a->denied, a->rejected,
+			" internal=%" PRIu64, a->allowed, a->denied, a->rejected, a->reauth_known, a->breaker_refused,
 			a->errors[POLICY_ERR_UNAVAILABLE], a->errors[POLICY_ERR_DEADLINE], a->errors[POLICY_ERR_STATUS],
 			a->errors[POLICY_ERR_PROTOCOL], a->errors[POLICY_ERR_INTERNAL]);
 }

@@ -13,12 +13,17 @@
 #include "policy_client.h"
 
 struct policyd_plugin;
+struct auth_known;
+struct mosquitto;
 
 struct policyd_auth {
 	uint64_t allowed;                     /* CONNECTs accepted, username set */
 	uint64_t denied;                      /* refused by policyd (RESULT_DENY) */
 	uint64_t rejected;                    /* refused locally: no certificate, set_username failed */
-	uint64_t errors[POLICY_ERR__COUNT];   /* refused: no usable answer, by kind */
+	uint64_t errors[POLICY_ERR__COUNT];   /* refused as retryable: no usable answer, by kind */
+	uint64_t breaker_refused;             /* refused as retryable without asking: breaker open */
+	uint64_t reauth_known;                /* re-authentications answered without asking */
+	struct auth_known *known;             /* connections authenticated here, by certificate */
 	struct log_limiter denied_log;
 	struct log_limiter rejected_log;
 	struct log_limiter error_log;
@@ -27,8 +32,10 @@ struct policyd_auth {
 void auth_init(struct policyd_auth *auth);
 
 /* MOSQ_EVT_BASIC_AUTH callback; userdata is the struct policyd_plugin.
- * MOSQ_ERR_SUCCESS only when policyd allowed and the username was set;
- * MOSQ_ERR_AUTH (CONNACK "not authorized") in every other case. */
+ * MOSQ_ERR_SUCCESS only when policyd allowed and the username was set (or
+ * it is a re-authentication of that same connection and certificate);
+ * MOSQ_ERR_AUTH (CONNACK "not authorized") when policyd denied or the client
+ * cannot be asked about; a retryable refusal when no answer came. */
 int auth_basic_callback(int event, void *event_data, void *userdata);
 
 /* policyd's answer to a CONNECT: MOSQ_ERR_SUCCESS on allow; otherwise the
@@ -40,6 +47,10 @@ int auth_outcome(struct policyd_plugin *plugin, const char *client_id, const str
 struct mosquitto;
 int auth_set_identity(struct policyd_plugin *plugin, struct mosquitto *client, const char *client_id,
 		const char *identity, bool by_password);
+
+/* MOSQ_EVT_DISCONNECT: the client's record of authentication goes. */
+void auth_forget(struct policyd_plugin *plugin, struct mosquitto *client);
+void auth_cleanup(struct policyd_auth *auth);
 
 void auth_log_stats(const struct policyd_plugin *plugin);
 

@@ -226,6 +226,7 @@ static void plugin_free(struct policyd_plugin *plugin)
 	plugin->client = NULL;
 	conn_table_destroy(plugin->conns);
 	plugin->conns = NULL;
+	auth_cleanup(&plugin->auth);
 	config_free(&plugin->config);
 	link_tls_free(&plugin->tls);
 	free(plugin);

@@ -179,6 +179,13 @@ const char *mosquitto_client_address(const struct mosquitto *client)
 }
 
 
+int mosquitto_client_protocol_version(const struct mosquitto *client)
+{
+	(void)client;
+	return 5;
+}
+
+
 int mosquitto_kick_client_by_username(const char *username, bool with_will)
 {
 	(void)with_will;
