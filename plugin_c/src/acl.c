@@ -20,6 +20,7 @@
 #include "broker_compat.h"
 #include "conn.h"
 #include "plugin_state.h"
+#include "stats.h"
 #include "topic_match.h"
 
 /* Lines per LOG_LIMIT_WINDOW_MS. */
@@ -35,6 +36,10 @@
 /* Cache entries a TICK looks at for expiry: a bounded slice of the broker's
  * loop (a visit is a comparison; a free is a few pointer updates). */
 #define SWEEP_VISITS_PER_TICK 1024
+/* The broker sends TICK every pass of its loop (about every 100 ms when
+ * idle); none for this long while checks arrive means none will come. */
+#define TICK_EXPECTED_WITHIN_MS 5000
+#define TICK_MISSING_LOG_BURST 1
 
 /* The request as the broker gave it, plus log-safe renderings made only
  * when a line is actually logged. */
@@ -60,6 +65,7 @@ void acl_limiters_init(struct policyd_plugin *plugin)
 	log_limiter_init(&plugin->limiters.recovered, RECOVERED_LOG_BURST);
 	log_limiter_init(&plugin->limiters.stale, STALE_LOG_BURST);
 	log_limiter_init(&plugin->limiters.breaker, BREAKER_LOG_BURST);
+	log_limiter_init(&plugin->tick_log, TICK_MISSING_LOG_BURST);
 }
 
 
@@ -480,6 +486,35 @@ static int ask_daemon(struct policyd_plugin *plugin, struct acl_subject *s, int6
 }
 
 
+/* Checks still run without TICK (fail closed), but revocation kicks, Watch
+ * events and stats reports do not: say so loudly, and report it from here
+ * (the report is asynchronous; kicking from inside a check is not safe). */
+static void tick_watchdog(struct policyd_plugin *plugin, int64_t now_ms)
+{
+	int64_t since = plugin->last_tick_ms ? plugin->last_tick_ms : plugin->first_check_ms;
+
+	if(plugin->first_check_ms == 0){
+		plugin->first_check_ms = now_ms;
+		return;
+	}
+	if(now_ms - since < TICK_EXPECTED_WITHIN_MS){
+		return;
+	}
+	if(!plugin->tick_missing){
+		plugin->tick_missing = true;
+		plugin->counters.tick_missing_episodes++;
+		plugin->stats_next_ms = now_ms; /* report it now */
+	}
+	if(log_limiter_admit(&plugin->tick_log)){
+		plog_admitted(&plugin->tick_log, MOSQ_LOG_ERR, "no MOSQ_EVT_TICK from the broker for %" PRId64 " ms: "
+				"revocation kicks, policy events from the Watch stream and stats reports are NOT happening "
+				"(Mosquitto 2.0 sends no TICK with per_listener_settings true; set it to false). "
+				"ACL checks still ask policyd.", now_ms - since);
+	}
+	stats_on_tick(plugin, now_ms);
+}
+
+
 int acl_check_callback(int event, void *event_data, void *userdata)
 {
 	struct policyd_plugin *plugin = userdata;
@@ -498,6 +533,7 @@ int acl_check_callback(int event, void *event_data, void *userdata)
 		return on_rejected(plugin, &subject, why);
 	}
 	now_ms = monotonic_ms();
+	tick_watchdog(plugin, now_ms);
 	generation_sync(plugin, 0); /* a newer generation from the Watch stream flushes first */
 	if(cache_answer(plugin, &subject, now_ms, 0, &cached)){
 		plugin->counters.cache_hits++;
@@ -574,5 +610,7 @@ int acl_cache_start(struct policyd_plugin *plugin)
 /* TICK: frees a slice of the entries no check can use any more. */
 void acl_on_tick(struct policyd_plugin *plugin, int64_t now_ms)
 {
+	plugin->last_tick_ms = now_ms;
+	plugin->tick_missing = false;
 	(void)cache_sweep(plugin->cache, now_ms - stale_grace_ms(plugin), SWEEP_VISITS_PER_TICK);
 }

@@ -10,6 +10,7 @@
 #include <mosquitto_broker.h>
 
 #include "config.h"
+#include "link_target.h"
 #include "logging.h"
 
 #define CONFIG_STRING_MAX 4096
@@ -37,6 +38,7 @@ struct option_spec {
 
 static const char *const on_error_choices[] = {"deny", "stale", NULL};
 static const char *const identity_choices[] = {"off", "cert", NULL};
+static const char *const bool_choices[] = {"false", "true", NULL};
 
 static const struct option_spec option_specs[] = {
 	{
@@ -102,6 +104,16 @@ static const struct option_spec option_specs[] = {
 	{.key = "policyd_tls_cert", .kind = OPT_STRING, .offset = offsetof(struct policyd_config, tls_cert)},
 	{.key = "policyd_tls_key", .kind = OPT_STRING, .offset = offsetof(struct policyd_config, tls_key)},
 	{
+		.key = "policyd_insecure_plaintext", .kind = OPT_CHOICE,
+		.offset = offsetof(struct policyd_config, insecure_plaintext),
+		.choices = bool_choices,
+	},
+	{
+		.key = "policyd_keepalive_s", .kind = OPT_INT,
+		.offset = offsetof(struct policyd_config, keepalive_s),
+		.min = CONFIG_KEEPALIVE_S_MIN, .max = 3600,
+	},
+	{
 		.key = "policyd_identity", .kind = OPT_CHOICE,
 		.offset = offsetof(struct policyd_config, identity),
 		.choices = identity_choices,
@@ -124,6 +136,7 @@ static void config_defaults(struct policyd_config *cfg)
 	cfg->stats_interval_s = CONFIG_STATS_INTERVAL_S_DEFAULT;
 	cfg->breaker_threshold = CONFIG_BREAKER_THRESHOLD_DEFAULT;
 	cfg->breaker_cooldown_ms = CONFIG_BREAKER_COOLDOWN_MS_DEFAULT;
+	cfg->keepalive_s = CONFIG_KEEPALIVE_S_DEFAULT;
 }
 
 
@@ -283,6 +296,28 @@ static int config_check_required(const bool *seen)
 }
 
 
+/* Plaintext gRPC only to this host: on a network path anyone could read the
+ * checks and answer "allow". */
+static int config_check_link(const struct policyd_config *cfg)
+{
+	char shown[LOG_TOPIC_MAX];
+
+	if(cfg->tls_ca != NULL || link_target_is_local(cfg->address)){
+		return MOSQ_ERR_SUCCESS;
+	}
+	if(cfg->insecure_plaintext){
+		plog(MOSQ_LOG_WARNING, "auth_opt_policyd_address '%s' is not on this host and the link is plaintext "
+				"(auth_opt_policyd_insecure_plaintext true): anyone on the path can answer for policyd",
+				log_sanitize_str(shown, sizeof(shown), cfg->address));
+		return MOSQ_ERR_SUCCESS;
+	}
+	plog(MOSQ_LOG_ERR, "invalid auth_opt_policyd_address '%s': plaintext gRPC is only allowed to a unix: socket or "
+			"a loopback address; use mutual TLS (auth_opt_policyd_tls_ca, _tls_cert, _tls_key), or accept the "
+			"risk with auth_opt_policyd_insecure_plaintext true", log_sanitize_str(shown, sizeof(shown), cfg->address));
+	return MOSQ_ERR_INVAL;
+}
+
+
 int config_parse(struct policyd_config *cfg, const struct mosquitto_opt *opts, int opt_count)
 {
 	bool seen[OPTION_COUNT] = {false};
@@ -299,6 +334,9 @@ int config_parse(struct policyd_config *cfg, const struct mosquitto_opt *opts, i
 	}
 	if(rc == MOSQ_ERR_SUCCESS){
 		rc = config_check_required(seen);
+	}
+	if(rc == MOSQ_ERR_SUCCESS){
+		rc = config_check_link(cfg);
 	}
 	if(rc != MOSQ_ERR_SUCCESS){
 		config_free(cfg);

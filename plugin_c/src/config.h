@@ -22,6 +22,11 @@
  * real topics are far shorter, and one long entry costs as much as hundreds. */
 #define CONFIG_CACHE_TEXT_MAX 1024
 #define CONFIG_STALE_MAX_AGE_S_DEFAULT 300
+/* HTTP/2 keepalive pings on both channels: a link that silently drops
+ * packets (a NAT that forgot the flow) is noticed within about this plus
+ * LINK_KEEPALIVE_TIMEOUT_MS. policyd accepts pings this often (1 s). */
+#define CONFIG_KEEPALIVE_S_DEFAULT 10
+#define CONFIG_KEEPALIVE_S_MIN 1
 #define CONFIG_CACHE_TTL_S_DEFAULT 60
 #define CONFIG_STATS_INTERVAL_S_DEFAULT 60
 #define CONFIG_BREAKER_THRESHOLD_DEFAULT 3
@@ -53,6 +58,8 @@ struct policyd_config {
 	int breaker_cooldown_ms; /* policyd_breaker_cooldown_ms: open this long before a probe */
 	char *broker_id;    /* policyd_broker_id: name in ShimStats (default: host name) */
 	int identity;       /* policyd_identity: enum config_identity */
+	int insecure_plaintext; /* policyd_insecure_plaintext: allow plaintext to a non-local address */
+	int keepalive_s;    /* policyd_keepalive_s: HTTP/2 ping interval on both channels */
 	char *tls_ca;       /* policyd_tls_ca / _tls_cert / _tls_key: mutual TLS to policyd (link_tls.h) */
 	char *tls_cert;
 	char *tls_key;

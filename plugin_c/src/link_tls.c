@@ -133,7 +133,8 @@ static grpc_arg string_arg(const char *key, const char *value)
 }
 
 
-grpc_channel *link_channel_create(const char *target, const struct link_tls *tls, int max_receive_bytes)
+grpc_channel *link_channel_create(const char *target, const struct link_tls *tls, int max_receive_bytes,
+		int keepalive_ms)
 {
 	grpc_channel_credentials *creds;
 	grpc_channel *channel;
@@ -148,6 +149,12 @@ grpc_channel *link_channel_create(const char *target, const struct link_tls *tls
 		/* Keep the connection through quiet periods (default: drop it
 		 * after 30 min idle, then pay a reconnect on the next check). */
 		int_arg(GRPC_ARG_CLIENT_IDLE_TIMEOUT_MS, INT_MAX),
+		/* Ping while idle too: a path that silently drops packets fails the
+		 * connection (and the Watch stream on it) instead of looking alive. */
+		int_arg(GRPC_ARG_KEEPALIVE_TIME_MS, keepalive_ms),
+		int_arg(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, LINK_KEEPALIVE_TIMEOUT_MS),
+		int_arg(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1),
+		int_arg(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0),
 		/* http_proxy/https_proxy in the broker's environment must not
 		 * reroute ACL traffic. */
 		int_arg(GRPC_ARG_ENABLE_HTTP_PROXY, 0),

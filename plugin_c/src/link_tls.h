@@ -28,10 +28,15 @@ grpc_channel_credentials *link_tls_credentials(const struct link_tls *tls);
 
 int link_tls_enabled(const struct link_tls *tls);
 
+/* An unanswered keepalive ping fails the connection after this long. */
+#define LINK_KEEPALIVE_TIMEOUT_MS 3000
+
 /* A channel to policyd with the plugin's settings (fail fast, quick reconnect,
- * no proxy, its own connection), refusing answers over max_receive_bytes.
- * Both of the plugin's channels (checks, Watch stream) are made here. */
-grpc_channel *link_channel_create(const char *target, const struct link_tls *tls, int max_receive_bytes);
+ * no proxy, its own connection, a keepalive ping every keepalive_ms),
+ * refusing answers over max_receive_bytes. Both of the plugin's channels
+ * (checks, Watch stream) are made here. */
+grpc_channel *link_channel_create(const char *target, const struct link_tls *tls, int max_receive_bytes,
+		int keepalive_ms);
 
 /* Frees the PEM contents (the key's bytes are cleared first). NULL allowed. */
 void link_tls_free(struct link_tls *tls);

@@ -239,6 +239,7 @@ static int plugin_start_client(struct policyd_plugin *plugin)
 		.target = plugin->config.address,
 		.timeout_ms = plugin->config.timeout_ms,
 		.tls = &plugin->tls,
+		.keepalive_ms = plugin->config.keepalive_s * 1000,
 	};
 	const char *errmsg = "unknown error";
 	const char *path = NULL;
@@ -276,6 +277,7 @@ static int plugin_start_watch(struct policyd_plugin *plugin)
 		.broker_id = plugin->config.broker_id,
 		.generation = &plugin->generation,
 		.tls = &plugin->tls,
+		.keepalive_ms = plugin->config.keepalive_s * 1000,
 	};
 	const char *errmsg = "unknown error";
 

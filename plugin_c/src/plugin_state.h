@@ -33,6 +33,7 @@ struct policyd_counters {
 	uint64_t cache_misses;                /* cache consulted, daemon asked (or breaker open) */
 	uint64_t stale_served;                /* on_error stale: expired cached answer served */
 	uint64_t breaker_rejected;            /* not asked: breaker open */
+	uint64_t tick_missing_episodes;       /* times TICK was found missing while checks ran */
 };
 
 struct policyd_limiters {
@@ -64,6 +65,12 @@ struct policyd_plugin {
 	uint64_t cache_generation;            /* generation the cache was last flushed to */
 	struct breaker breaker;
 	int64_t stats_next_ms;                /* next periodic stats line/report */
+	/* TICK watchdog (acl.c): Mosquitto 2.0 with per_listener_settings true
+	 * sends no MOSQ_EVT_TICK, and kicks, Watch events and stats stop. */
+	int64_t last_tick_ms;                 /* 0: none yet */
+	int64_t first_check_ms;               /* 0: no check yet */
+	bool tick_missing;                    /* no TICK for TICK_EXPECTED_WITHIN_MS while checks run */
+	struct log_limiter tick_log;
 	struct policyd_auth auth;             /* identity mode: CONNECT counters, log limiters */
 	struct auth_delayed *auth_delayed;    /* identity mode on 2.1: CONNECTs answered off the main thread */
 	struct link_tls tls;                  /* mutual TLS to policyd, if configured */

@@ -336,13 +336,13 @@ static void channel_stop(struct policy_client *client)
 
 /* ------------------------------------------------------------- lifecycle */
 
-static const char *client_start(struct policy_client *client, const char *target, const struct link_tls *tls)
+static const char *client_start(struct policy_client *client, const struct policy_client_options *opts)
 {
 	client->cq = grpc_completion_queue_create_for_pluck(NULL);
 	if(client->cq == NULL){
 		return "cannot create gRPC completion queue";
 	}
-	client->channel = link_channel_create(target, tls, MAX_RESPONSE_BYTES);
+	client->channel = link_channel_create(opts->target, opts->tls, MAX_RESPONSE_BYTES, opts->keepalive_ms);
 	if(client->channel == NULL){
 		return "cannot create gRPC channel";
 	}
@@ -378,7 +378,7 @@ struct policy_client *policy_client_create(const struct policy_client_options *o
 
 	signals_block_all(&saved);
 	grpc_init();
-	err = client_start(client, opts->target, opts->tls);
+	err = client_start(client, opts);
 	pthread_sigmask(SIG_SETMASK, &saved, NULL);
 	if(err != NULL){
 		*errmsg = err;
@@ -881,6 +881,7 @@ static grpc_byte_buffer *encode_stats(const struct policy_shim_stats *st)
 	msg.stale_served = st->stale_served;
 	msg.breaker_opens = st->breaker_opens;
 	msg.breaker_open = st->breaker_open != 0;
+	msg.tick_missing = st->tick_missing != 0;
 
 	return pack_message(&msg.base);
 }

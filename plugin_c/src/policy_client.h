@@ -41,6 +41,7 @@ struct policy_client_options {
 	const char *target;      /* gRPC target, e.g. "unix:/run/policyd/policyd.sock" */
 	int timeout_ms;          /* deadline of each call, > 0 */
 	const struct link_tls *tls;  /* NULL or not loaded: plaintext (link_tls.h) */
+	int keepalive_ms;        /* HTTP/2 keepalive ping interval, > 0 */
 };
 
 /* How the checked client's username was verified (policyd.v1.Provenance). */
@@ -90,6 +91,7 @@ struct policy_shim_stats {
 	uint64_t cache_hits, cache_misses, cache_entries, cache_bytes;
 	uint64_t stale_served, breaker_opens;
 	int breaker_open;
+	int tick_missing;
 };
 
 /* Identity mode: one client asking to CONNECT (policyd.v1.AuthenticateRequest).

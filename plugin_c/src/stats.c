@@ -35,6 +35,7 @@ void stats_fill(const struct policyd_plugin *plugin, struct policy_shim_stats *o
 	out->stale_served = c->stale_served;
 	out->breaker_opens = plugin->breaker.opens;
 	out->breaker_open = plugin->breaker.state != BREAKER_CLOSED;
+	out->tick_missing = plugin->tick_missing;
 }
 
 
@@ -45,14 +46,14 @@ void stats_log(const struct policyd_plugin *plugin)
 	plog(MOSQ_LOG_INFO, "checks=%" PRIu64 " allowed=%" PRIu64 " denied=%" PRIu64
 			" rejected=%" PRIu64 " cache: hits=%" PRIu64 " misses=%" PRIu64 " entries=%zu/%zu"
 			" bytes=%zu/%zu evictions=%" PRIu64 " not_stored=%" PRIu64 " stale=%" PRIu64 " breaker: %s opens=%" PRIu64
-			" skipped=%" PRIu64 " errors: unavailable=%" PRIu64 " deadline=%" PRIu64
+			" skipped=%" PRIu64 " tick_missing=%d errors: unavailable=%" PRIu64 " deadline=%" PRIu64
 			" status=%" PRIu64 " protocol=%" PRIu64 " internal=%" PRIu64,
 			c->checks, c->allowed, c->denied, c->rejected,
 			c->cache_hits, c->cache_misses, cache_entries(plugin->cache),
 			cache_capacity(plugin->cache), cache_bytes(plugin->cache), cache_bytes_limit(plugin->cache),
 			cache_evictions(plugin->cache), cache_not_stored(plugin->cache), c->stale_served,
 			breaker_state_name(plugin->breaker.state), plugin->breaker.opens,
-			c->breaker_rejected,
+			c->breaker_rejected, plugin->tick_missing ? 1 : 0,
 			c->errors[POLICY_ERR_UNAVAILABLE], c->errors[POLICY_ERR_DEADLINE],
 			c->errors[POLICY_ERR_STATUS], c->errors[POLICY_ERR_PROTOCOL],
 			c->errors[POLICY_ERR_INTERNAL]);

@@ -570,7 +570,7 @@ struct policyd_watch *watch_create(const struct watch_options *opts, const char 
 	w->broker_id = strdup(opts->broker_id ? opts->broker_id : "");
 	w->queue.names = calloc(KICK_QUEUE_MAX, sizeof(char *));
 	w->cq = grpc_completion_queue_create_for_next(NULL);
-	w->channel = link_channel_create(opts->target, opts->tls, MAX_EVENT_BYTES);
+	w->channel = link_channel_create(opts->target, opts->tls, MAX_EVENT_BYTES, opts->keepalive_ms);
 	log_limiter_init(&w->kick_log, 5);
 	log_limiter_init(&w->drop_log, 1);
 	log_limiter_init(&w->bad_log, 1);

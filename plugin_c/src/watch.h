@@ -21,6 +21,7 @@ struct watch_options {
 	const char *broker_id;           /* sent in WatchRequest, for the daemon's logs */
 	_Atomic uint64_t *generation;    /* raised (never lowered) as events arrive */
 	const struct link_tls *tls;      /* NULL or not loaded: plaintext (link_tls.h) */
+	int keepalive_ms;                /* HTTP/2 keepalive ping interval, > 0 */
 };
 
 struct watch_stats {

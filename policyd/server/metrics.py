@@ -33,7 +33,7 @@ ACCESSES = ("read", "write", "subscribe", "unsubscribe")
 SHIM_STALE_AFTER_S = 150.0
 SHIM_COUNTERS = ("checks", "allowed", "denied", "errors", "cache_hits", "cache_misses",
                  "stale_served", "breaker_opens")
-SHIM_GAUGES = ("cache_entries", "cache_bytes", "breaker_open")
+SHIM_GAUGES = ("cache_entries", "cache_bytes", "breaker_open", "tick_missing")
 
 
 class Metrics:

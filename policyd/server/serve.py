@@ -30,6 +30,18 @@ from .watcher import RulesFileWatcher
 log = logging.getLogger("policyd.serve")
 
 
+# The plugin pings every auth_opt_policyd_keepalive_s (at least 1 s) even with no call in flight,
+# so a dropped link fails its Watch stream; accept that (the defaults would answer GOAWAY
+# "too_many_pings"). The daemon pings too, so it drops the streams of brokers that vanished.
+KEEPALIVE_OPTIONS = (
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 500),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_time_ms", 30000),
+    ("grpc.keepalive_timeout_ms", 10000),
+)
+
+
 @dataclass
 class ServeOptions:
     rules: str
@@ -206,7 +218,7 @@ class Daemon:
 
     def _server(self, workers: Optional[int] = None) -> grpc.Server:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers or self.opts.workers),
-                             options=[("grpc.so_reuseport", 0)])
+                             options=[("grpc.so_reuseport", 0), *KEEPALIVE_OPTIONS])
         self._servers.append(server)
         return server
 

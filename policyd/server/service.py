@@ -159,7 +159,7 @@ class PolicyService(pb_grpc.PolicyServicer):
     def ReportStats(self, request: pb.ShimStats, context: grpc.ServicerContext) -> pb.ReportStatsResponse:
         stats = {name: getattr(request, name) for name in (
             "checks", "allowed", "denied", "errors", "cache_hits", "cache_misses", "cache_entries", "cache_bytes",
-            "stale_served", "breaker_opens", "breaker_open")}
+            "stale_served", "breaker_opens", "breaker_open", "tick_missing")}
         self.shims.update(request.broker_id[:128], context.peer(), stats)
         log.debug("shim stats from broker %s: %s", _printable(request.broker_id, 128),
                   " ".join(f"{k}={int(v)}" for k, v in stats.items()))

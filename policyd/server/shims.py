@@ -16,7 +16,7 @@ from typing import Any
 MAX_SHIMS = 1024
 
 STAT_FIELDS = ("checks", "allowed", "denied", "errors", "cache_hits", "cache_misses",
-               "cache_entries", "cache_bytes", "stale_served", "breaker_opens", "breaker_open")
+               "cache_entries", "cache_bytes", "stale_served", "breaker_opens", "breaker_open", "tick_missing")
 
 
 class ShimRegistry:

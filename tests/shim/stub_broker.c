@@ -204,22 +204,16 @@ int mosquitto_kick_client_by_clientid(const char *clientid, bool with_will)
 }
 
 
-/* The broker's allocator: plain libc here. */
-void *mosquitto_calloc(size_t nmemb, size_t size)
-{
-	return calloc(nmemb, size);
-}
-
-
-void mosquitto_free(void *mem)
-{
-	free(mem);
-}
-
-
+/* The broker's strdup, on the counting allocator above. */
 char *mosquitto_strdup(const char *s)
 {
-	return strdup(s);
+	size_t n = strlen(s) + 1;
+	char *copy = mosquitto_calloc(1, n);
+
+	if(copy != NULL){
+		memcpy(copy, s, n);
+	}
+	return copy;
 }
 
 

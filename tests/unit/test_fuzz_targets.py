@@ -1,5 +1,5 @@
 """`make -C fuzz short`: the libFuzzer targets (response decoding, topic matching, option
-parsing) replay their regressions and fuzz for a few seconds each; any crash, sanitizer report
+parsing, link target locality) replay their regressions and fuzz for a few seconds each; any crash, sanitizer report
 or broken invariant fails the run."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def test_fuzz_targets_short_run():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     runs = re.findall(r"fuzz_(\w+): (\d+) s\s+stat::number_of_executed_units: (\d+)", proc.stdout)
-    assert {name for name, _, _ in runs} == {"response", "topic_match", "config"}, proc.stdout
+    assert {name for name, _, _ in runs} == {"response", "topic_match", "config", "link_target"}, proc.stdout
     for name, seconds, execs in runs:
         assert int(execs) > 1000, (name, execs)
         record(f"fuzz-{name}", row=f"libFuzzer: {name.replace('_', ' ')}",
