@@ -14,6 +14,7 @@
 #include <mosquitto_broker.h>
 
 #include "conn.h"
+#include "logging.h"
 
 #define CONN_BUCKETS_MIN 1024
 
@@ -278,6 +279,36 @@ size_t conn_doom(struct conn_table *t, struct conn *c)
 }
 
 
+static int name_cmp(const void *key, const void *member)
+{
+	return strcmp((const char *)key, *(char *const *)member);
+}
+
+
+size_t conn_doom_usernames(struct conn_table *t, char *const *names, size_t n)
+{
+	struct conn *c;
+	const char *username;
+	size_t i, marked = 0;
+
+	if(t == NULL || n == 0){
+		return 0;
+	}
+	for(i = 0; i < t->n_buckets; i++){
+		for(c = t->buckets[i]; c != NULL; c = c->next){
+			if(c->offline || c->doomed || !c->has_username){
+				continue;
+			}
+			username = mosquitto_client_username(c->client);
+			if(username != NULL && bsearch(username, names, n, sizeof(*names), name_cmp) != NULL){
+				marked += conn_doom(t, c);
+			}
+		}
+	}
+	return marked;
+}
+
+
 void conn_set_offline(struct conn_table *t, const struct mosquitto *client, int64_t now_ms)
 {
 	struct conn *c = conn_find(t, client);
@@ -464,7 +495,7 @@ size_t conn_doom_class(struct conn_table *t, bool named)
 }
 
 
-size_t conn_kick_doomed(struct conn_table *t, size_t max, size_t *failed)
+size_t conn_kick_doomed(struct conn_table *t, size_t max, int64_t deadline_ms, size_t *failed)
 {
 	struct conn **p;
 	size_t i, kicked = 0;
@@ -475,6 +506,10 @@ size_t conn_kick_doomed(struct conn_table *t, size_t max, size_t *failed)
 	}
 	for(i = 0; i < t->n_buckets && kicked < max && t->doomed > 0; i++){
 		p = &t->buckets[i];
+		/* A kick costs the broker a disconnect; stop at the deadline, go on next TICK. */
+		if(kicked > 0 && monotonic_ms() >= deadline_ms){
+			break;
+		}
 		while(*p != NULL && kicked < max){
 			if(!(*p)->doomed || (*p)->offline){
 				p = &(*p)->next;

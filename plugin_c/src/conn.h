@@ -96,10 +96,14 @@ void conn_drop(struct conn_table *t, const struct mosquitto *client);
 size_t conn_doom(struct conn_table *t, struct conn *c);
 size_t conn_doom_revoked(struct conn_table *t, const struct conn_revocations *sorted);
 size_t conn_doom_class(struct conn_table *t, bool named);
+/* Marks every live client whose username is in `names` (sorted by strcmp,
+ * no duplicates): one pass over the table, whatever the number of names. */
+size_t conn_doom_usernames(struct conn_table *t, char *const *names, size_t n);
 
-/* Disconnects up to `max` marked clients (by client id); returns how many
- * kicks were attempted, with *failed the broker's refusals. */
-size_t conn_kick_doomed(struct conn_table *t, size_t max, size_t *failed);
+/* Disconnects up to `max` marked clients (by client id), and no more once
+ * monotonic_ms() reaches deadline_ms; returns how many kicks were
+ * attempted, with *failed the broker's refusals. */
+size_t conn_kick_doomed(struct conn_table *t, size_t max, int64_t deadline_ms, size_t *failed);
 
 size_t conn_count(const struct conn_table *t);
 size_t conn_offline_count(const struct conn_table *t);

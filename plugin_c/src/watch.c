@@ -51,6 +51,11 @@
 #define KICK_QUEUE_MAX 65536
 /* Kicks per tick, so that a mass revocation never stalls the broker loop. */
 #define KICKS_PER_TICK 1000
+/* A TICK spends at most this long disconnecting clients; the rest wait. */
+#define KICK_BUDGET_MS 20
+/* Names taken off the queue per TICK: sorted, de-duplicated and matched
+ * against the connection table in one pass. */
+#define KICK_NAMES_PER_TICK 8192
 #define MAX_USERNAME_LEN 65535
 #define STATUS_TEXT_MAX 160
 
@@ -95,6 +100,7 @@ struct policyd_watch {
 	_Atomic uint64_t *generation;
 
 	struct kick_queue queue;             /* under lock */
+	char **tick_names;                   /* main thread: names taken off the queue this TICK */
 	struct pending_dooms dooms;          /* under lock */
 	struct watch_stats stats;            /* under lock */
 	struct stream_state state;           /* under lock */
@@ -518,6 +524,7 @@ static void watch_free(struct policyd_watch *w)
 	}
 	conn_revocations_free(w->dooms.building);
 	conn_revocations_free(w->dooms.complete);
+	free(w->tick_names);
 	grpc_slice_unref(w->method);
 	free(w->broker_id);
 	pthread_cond_destroy(&w->wake);
@@ -569,12 +576,14 @@ struct policyd_watch *watch_create(const struct watch_options *opts, const char 
 	w->generation = opts->generation;
 	w->broker_id = strdup(opts->broker_id ? opts->broker_id : "");
 	w->queue.names = calloc(KICK_QUEUE_MAX, sizeof(char *));
+	w->tick_names = calloc(KICK_NAMES_PER_TICK, sizeof(char *));
 	w->cq = grpc_completion_queue_create_for_next(NULL);
 	w->channel = link_channel_create(opts->target, opts->tls, MAX_EVENT_BYTES, opts->keepalive_ms);
 	log_limiter_init(&w->kick_log, 5);
 	log_limiter_init(&w->drop_log, 1);
 	log_limiter_init(&w->bad_log, 1);
-	if(w->broker_id == NULL || w->queue.names == NULL || w->cq == NULL || w->channel == NULL){
+	if(w->broker_id == NULL || w->queue.names == NULL || w->tick_names == NULL || w->cq == NULL
+			|| w->channel == NULL){
 		*errmsg = "cannot set up the Watch stream (out of memory or bad target)";
 		watch_free(w);
 		return NULL;
@@ -643,35 +652,35 @@ static void log_stream_changes(struct policyd_watch *w, const struct stream_stat
 }
 
 
-static void kick_all(struct policyd_watch *w, char **names, size_t n)
+static int name_order(const void *a, const void *b)
 {
-	char shown[LOG_IDENT_MAX];
-	uint64_t done = 0, failed = 0;
-	size_t i;
-	int rc;
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
 
+
+/* Names the policy took access from become marked connections: each name
+ * once, and only clients that are connected (a kick by username would scan
+ * every connection of the broker, once per name). */
+static void doom_named(struct conn_table *conns, char **names, size_t n)
+{
+	size_t i, unique = 0, marked;
+
+	qsort(names, n, sizeof(*names), name_order);
 	for(i = 0; i < n; i++){
-		rc = mosquitto_kick_client_by_username(names[i], false);
-		if(rc == MOSQ_ERR_SUCCESS){
-			done++;
+		if(unique > 0 && strcmp(names[unique - 1], names[i]) == 0){
+			free(names[i]);
 		}else{
-			failed++;
-			if(log_limiter_admit(&w->kick_log)){
-				plog_admitted(&w->kick_log, MOSQ_LOG_ERR, "cannot disconnect clients of '%s': %s",
-						log_sanitize_str(shown, sizeof(shown), names[i]), broker_rc_text(rc));
-			}
+			names[unique++] = names[i];
 		}
-		if(log_limiter_admit(&w->kick_log)){
-			plog_admitted(&w->kick_log, MOSQ_LOG_NOTICE,
-					"disconnecting clients of '%s' (if any): the new policy took access away",
-					log_sanitize_str(shown, sizeof(shown), names[i]));
-		}
+	}
+	marked = conn_doom_usernames(conns, names, unique);
+	if(marked > 0){
+		plog(MOSQ_LOG_NOTICE, "disconnecting %zu client(s): the new policy took access from %zu name(s) "
+				"(the others have no connected client)", marked, unique);
+	}
+	for(i = 0; i < unique; i++){
 		free(names[i]);
 	}
-	pthread_mutex_lock(&w->lock);
-	w->stats.kicks_done += done;
-	w->stats.kicks_failed += failed;
-	pthread_mutex_unlock(&w->lock);
 }
 
 
@@ -703,7 +712,7 @@ static void apply_dooms(struct policyd_watch *w, struct conn_table *conns)
 				"took access from %s", marked, dooms.all_named || dooms.anonymous
 				? "their whole class of clients" : "them");
 	}
-	kicked = conn_kick_doomed(conns, KICKS_PER_TICK, &failed);
+	kicked = conn_kick_doomed(conns, KICKS_PER_TICK, monotonic_ms() + KICK_BUDGET_MS, &failed);
 	if(kicked > 0){
 		pthread_mutex_lock(&w->lock);
 		w->stats.kicks_done += kicked - failed;
@@ -715,7 +724,6 @@ static void apply_dooms(struct policyd_watch *w, struct conn_table *conns)
 
 void watch_on_tick(struct policyd_watch *w, struct conn_table *conns)
 {
-	char *names[KICKS_PER_TICK];
 	struct stream_state state;
 	uint64_t dropped, bad;
 	size_t n;
@@ -723,9 +731,8 @@ void watch_on_tick(struct policyd_watch *w, struct conn_table *conns)
 	if(w == NULL){
 		return;
 	}
-	apply_dooms(w, conns);
 	pthread_mutex_lock(&w->lock);
-	n = kick_dequeue(w, names, KICKS_PER_TICK);
+	n = kick_dequeue(w, w->tick_names, KICK_NAMES_PER_TICK);
 	state = w->state;
 	dropped = w->stats.kicks_dropped;
 	bad = w->stats.bad_events;
@@ -747,6 +754,7 @@ void watch_on_tick(struct policyd_watch *w, struct conn_table *conns)
 		w->dropped_logged = dropped;
 	}
 	if(n > 0){
-		kick_all(w, names, n);
+		doom_named(conns, w->tick_names, n);
 	}
+	apply_dooms(w, conns);
 }

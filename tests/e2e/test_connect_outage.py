@@ -26,7 +26,7 @@ from reliability import record  # noqa: E402
 IDENTITY = BrokerConfig(use_identity_as_username=False, extra="""
     auth_opt_policyd_identity cert
     auth_opt_policyd_timeout_ms 100
-    auth_opt_policyd_breaker_cooldown_ms 1000""")
+    auth_opt_policyd_breaker_cooldown_ms 5000""")
 CLIENTS = 20
 
 
@@ -113,7 +113,7 @@ def test_connect_during_an_outage_is_retryable_and_fails_fast(stack, kind):
     finally:
         recover(daemon, kind)
     # Accepted again: mosquitto_sub then waits out -W 2 for a message (exit 27), no refusal.
-    wait_for(lambda: cli_connect(broker, "Back", "mqttv5").startswith("rc=27"), 15, "CONNECT accepted again")
+    wait_for(lambda: cli_connect(broker, "Back", "mqttv5").startswith("rc=27"), 30, "CONNECT accepted again")
     broker.stop()
     stats = identity_stats(broker)
     refused_final = {k: v for k, v in answers.items() if "not author" in v.lower()}

@@ -38,12 +38,15 @@ def reload(daemon, text: str) -> None:
 def test_removed_identity_is_kicked_on_tick(make_daemon, make_shim, stub_so):
     daemon = make_daemon("--no-watch", rules=RULES)
     shim = make_shim(daemon)
+    dev = shim.client("c1", "Device123")
+    assert shim.allowed(dev, WRITE, "/device/Device123/t")      # connected, with a record
     ticking(shim, lambda: any("Watch stream open" in line for line in shim.logs()), "the stream")
     reload(daemon, WITHOUT_DEVICE123)
     time.sleep(0.5)  # the event has arrived, but broker calls wait for the main thread's TICK
     assert shim.stub.stub_kicks() == 0
     ticking(shim, lambda: shim.stub.stub_kicks() == 1, "the kick")
-    assert any("disconnecting clients of 'Device123'" in line for line in shim.logs())
+    assert any("disconnecting 1 client(s): the new policy took access from 1 name(s)" in line
+               for line in shim.logs())
     time.sleep(0.2)
     shim.tick()
     assert shim.stub.stub_kicks() == 1  # once
@@ -77,6 +80,7 @@ def test_cleanup_is_prompt_while_the_daemon_is_down(make_daemon, make_shim):
 def test_stream_comes_back_after_a_daemon_restart(make_daemon, make_shim):
     daemon = make_daemon("--no-watch", rules=RULES)
     shim = make_shim(daemon)
+    assert shim.allowed(shim.client("c1", "Device123"), WRITE, "/device/Device123/t")
     ticking(shim, lambda: any("Watch stream open" in line for line in shim.logs()), "the stream")
     daemon.stop()
     ticking(shim, lambda: any("Watch stream lost" in line for line in shim.logs()), "the loss")
@@ -84,3 +88,25 @@ def test_stream_comes_back_after_a_daemon_restart(make_daemon, make_shim):
     ticking(shim, lambda: sum("Watch stream open" in line for line in shim.logs()) == 2, "the new stream")
     reload(daemon, WITHOUT_DEVICE123)
     ticking(shim, lambda: shim.stub.stub_kicks() == 1, "the kick after the restart")
+
+
+def test_kicks_are_once_per_client_and_only_for_connected_names(make_daemon, make_shim):
+    daemon = make_daemon("--no-watch", rules=RULES)
+    shim = make_shim(daemon)
+    assert shim.allowed(shim.client("c1", "Device123"), WRITE, "/device/Device123/t")
+    ticking(shim, lambda: any("Watch stream open" in line for line in shim.logs()), "the stream")
+    for text in (WITHOUT_DEVICE123, RULES, WITHOUT_DEVICE123):   # Device123 named in several events
+        reload(daemon, text)
+    time.sleep(1.0)                                             # all events in, none applied yet
+    ticking(shim, lambda: shim.stub.stub_kicks() >= 1, "the kick")
+    for _ in range(20):
+        time.sleep(0.05)
+        shim.tick()
+    assert shim.stub.stub_kicks() == 1                           # once, by client id
+    reload(daemon, RULES)
+    reload(daemon, WITHOUT_DEVICE123)                            # named again: nobody connected under it
+    time.sleep(1.0)                                             # both events in
+    for _ in range(10):
+        time.sleep(0.05)
+        shim.tick()
+    assert shim.stub.stub_kicks() == 1
