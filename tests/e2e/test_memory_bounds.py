@@ -36,7 +36,7 @@ def publish_burst(dev: Device, topics) -> None:
 def last_stats(daemon: PolicyDaemon) -> dict[str, int]:
     """The shim's counters as last reported to the daemon (ReportStats; the daemon logs each line
     whole, where the broker's buffered stdout may hold its own stats line back)."""
-    lines = [l for l in daemon.log().splitlines() if "shim stats from broker" in l and l.endswith("breaker_open=0")]
+    lines = [l for l in daemon.log().splitlines() if "shim stats from broker" in l and "cache_hits=" in l]
     return {k: int(v) for k, v in re.findall(r"([a-z_]+)=(\d+)", lines[-1])} if lines else {}
 
 
