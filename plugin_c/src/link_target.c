@@ -34,37 +34,60 @@ static bool host_is_loopback(const char *host)
 }
 
 
+/* A port: 1 to 5 digits, nothing else. */
+static bool port_ok(const char *p, size_t len)
+{
+	size_t i;
+
+	if(len == 0 || len > 5){
+		return false;
+	}
+	for(i = 0; i < len; i++){
+		if(p[i] < '0' || p[i] > '9'){
+			return false;
+		}
+	}
+	return true;
+}
+
+
 /* One address, "[v6]:port", "[v6]", "host:port" or "host" (len bytes). */
 static bool address_is_loopback(const char *addr, size_t len)
 {
 	char host[HOST_MAX];
 	const char *end;
 	const char *colon;
+	size_t host_len;
 
 	if(len == 0 || len >= HOST_MAX){
 		return false;
 	}
 	if(addr[0] == '['){
 		end = memchr(addr, ']', len);
-		if(end == NULL || (end + 1 != addr + len && end[1] != ':')){
+		if(end == NULL){
 			return false;
 		}
-		len = (size_t)(end - addr - 1);
+		if(end + 1 != addr + len && (end[1] != ':' || !port_ok(end + 2, (size_t)(addr + len - end - 2)))){
+			return false;
+		}
+		host_len = (size_t)(end - addr - 1);
 		addr++;
 	}else{
 		colon = memchr(addr, ':', len);
+		host_len = len;
 		if(colon != NULL){
-			if(memchr(colon + 1, ':', len - (size_t)(colon + 1 - addr)) != NULL){
-				return false; /* a bare IPv6 literal with a port is ambiguous: refuse */
+			host_len = (size_t)(colon - addr);
+			/* a bare IPv6 literal with a port is ambiguous, and anything else is not a port */
+			if(!port_ok(colon + 1, len - host_len - 1)){
+				return false;
 			}
-			len = (size_t)(colon - addr);
 		}
 	}
-	if(len == 0){
+	if(host_len == 0){
 		return false;
 	}
-	memcpy(host, addr, len);
-	host[len] = '\0';
+	memcpy(host, addr, host_len);
+	host[host_len] = '\0';
 	return host_is_loopback(host);
 }
 
