@@ -76,7 +76,7 @@ def test_identity_removed_while_the_daemon_was_down_is_disconnected_when_it_retu
 
     assert revoked.disconnects.get(timeout=15).value == ADMINISTRATIVE_ACTION
     assert f"returns from generation {before}" not in daemon.log()  # the daemon remembered it
-    assert "disconnecting clients of 'Revoked'" in live_log.read_text(errors="replace")
+    assert "policyd: disconnecting 1 client(s): the new policy took access from" in live_log.read_text(errors="replace")
     answered()  # the plugin's check channel is back too: a refusal below is the policy's
     assert keeper.disconnects.empty()
     assert device("Revoked").publish("/device/Revoked/t", b"after") == NOT_AUTHORIZED
