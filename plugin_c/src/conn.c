@@ -285,10 +285,11 @@ static int name_cmp(const void *key, const void *member)
 }
 
 
-size_t conn_doom_usernames(struct conn_table *t, char *const *names, size_t n)
+size_t conn_doom_usernames(struct conn_table *t, char *const *names, size_t n, bool *matched)
 {
 	struct conn *c;
 	const char *username;
+	char *const *hit;
 	size_t i, marked = 0;
 
 	if(t == NULL || n == 0){
@@ -300,7 +301,9 @@ size_t conn_doom_usernames(struct conn_table *t, char *const *names, size_t n)
 				continue;
 			}
 			username = mosquitto_client_username(c->client);
-			if(username != NULL && bsearch(username, names, n, sizeof(*names), name_cmp) != NULL){
+			hit = username != NULL ? bsearch(username, names, n, sizeof(*names), name_cmp) : NULL;
+			if(hit != NULL){
+				matched[hit - names] = true;
 				marked += conn_doom(t, c);
 			}
 		}

@@ -97,8 +97,9 @@ size_t conn_doom(struct conn_table *t, struct conn *c);
 size_t conn_doom_revoked(struct conn_table *t, const struct conn_revocations *sorted);
 size_t conn_doom_class(struct conn_table *t, bool named);
 /* Marks every live client whose username is in `names` (sorted by strcmp,
- * no duplicates): one pass over the table, whatever the number of names. */
-size_t conn_doom_usernames(struct conn_table *t, char *const *names, size_t n);
+ * no duplicates): one pass over the table, whatever the number of names.
+ * matched[i] is set when some record had names[i] (others are left alone). */
+size_t conn_doom_usernames(struct conn_table *t, char *const *names, size_t n, bool *matched);
 
 /* Disconnects up to `max` marked clients (by client id), and no more once
  * monotonic_ms() reaches deadline_ms; returns how many kicks were

@@ -100,7 +100,9 @@ struct policyd_watch {
 	_Atomic uint64_t *generation;
 
 	struct kick_queue queue;             /* under lock */
-	char **tick_names;                   /* main thread: names taken off the queue this TICK */
+	char **tick_names;                   /* main thread: names taken off the queue, de-duplicated */
+	bool *tick_matched;                  /* main thread: tick_names[i] has a record in the conn table */
+	size_t unmatched_next, unmatched_end; /* main thread: tick_names left to kick by username */
 	struct pending_dooms dooms;          /* under lock */
 	struct watch_stats stats;            /* under lock */
 	struct stream_state state;           /* under lock */
@@ -524,7 +526,11 @@ static void watch_free(struct policyd_watch *w)
 	}
 	conn_revocations_free(w->dooms.building);
 	conn_revocations_free(w->dooms.complete);
+	while(w->tick_names != NULL && w->unmatched_next < w->unmatched_end){
+		free(w->tick_names[w->unmatched_next++]);
+	}
 	free(w->tick_names);
+	free(w->tick_matched);
 	grpc_slice_unref(w->method);
 	free(w->broker_id);
 	pthread_cond_destroy(&w->wake);
@@ -577,12 +583,14 @@ struct policyd_watch *watch_create(const struct watch_options *opts, const char 
 	w->broker_id = strdup(opts->broker_id ? opts->broker_id : "");
 	w->queue.names = calloc(KICK_QUEUE_MAX, sizeof(char *));
 	w->tick_names = calloc(KICK_NAMES_PER_TICK, sizeof(char *));
+	w->tick_matched = calloc(KICK_NAMES_PER_TICK, sizeof(bool));
 	w->cq = grpc_completion_queue_create_for_next(NULL);
 	w->channel = link_channel_create(opts->target, opts->tls, MAX_EVENT_BYTES, opts->keepalive_ms);
 	log_limiter_init(&w->kick_log, 5);
 	log_limiter_init(&w->drop_log, 1);
 	log_limiter_init(&w->bad_log, 1);
-	if(w->broker_id == NULL || w->queue.names == NULL || w->tick_names == NULL || w->cq == NULL
+	if(w->broker_id == NULL || w->queue.names == NULL || w->tick_names == NULL || w->tick_matched == NULL
+			|| w->cq == NULL
 			|| w->channel == NULL){
 		*errmsg = "cannot set up the Watch stream (out of memory or bad target)";
 		watch_free(w);
@@ -658,12 +666,15 @@ static int name_order(const void *a, const void *b)
 }
 
 
-/* Names the policy took access from become marked connections: each name
- * once, and only clients that are connected (a kick by username would scan
- * every connection of the broker, once per name). */
-static void doom_named(struct conn_table *conns, char **names, size_t n)
+/* Names the policy took access from: each name once. Clients the plugin
+ * knows (any that made a check) are marked and kicked by client id, a hash
+ * lookup in the broker; the names left over (connected but never checked,
+ * or not connected at all) are kicked by username later, within the TICK's
+ * time budget, as that call scans every connection of the broker. */
+static void doom_named(struct policyd_watch *w, struct conn_table *conns, size_t n)
 {
-	size_t i, unique = 0, marked;
+	char **names = w->tick_names;
+	size_t i, unique = 0, marked, left = 0;
 
 	qsort(names, n, sizeof(*names), name_order);
 	for(i = 0; i < n; i++){
@@ -673,20 +684,56 @@ static void doom_named(struct conn_table *conns, char **names, size_t n)
 			names[unique++] = names[i];
 		}
 	}
-	marked = conn_doom_usernames(conns, names, unique);
+	memset(w->tick_matched, 0, unique * sizeof(*w->tick_matched));
+	marked = conn_doom_usernames(conns, names, unique, w->tick_matched);
+	for(i = 0; i < unique; i++){
+		if(w->tick_matched[i]){
+			free(names[i]);
+		}else{
+			names[left++] = names[i];
+		}
+	}
+	w->unmatched_next = 0;
+	w->unmatched_end = left;
 	if(marked > 0){
 		plog(MOSQ_LOG_NOTICE, "disconnecting %zu client(s): the new policy took access from %zu name(s) "
-				"(the others have no connected client)", marked, unique);
+				"(%zu more name(s) to try by username)", marked, unique, left);
 	}
-	for(i = 0; i < unique; i++){
-		free(names[i]);
+}
+
+
+/* Kicks by username the names no record matched, until the deadline. */
+static void kick_unmatched(struct policyd_watch *w, int64_t deadline_ms)
+{
+	char shown[LOG_IDENT_MAX];
+	uint64_t done = 0, failed = 0;
+	char *name;
+	int rc;
+
+	while(w->unmatched_next < w->unmatched_end && (done + failed == 0 || monotonic_ms() < deadline_ms)){
+		name = w->tick_names[w->unmatched_next++];
+		rc = mosquitto_kick_client_by_username(name, false);
+		if(rc == MOSQ_ERR_SUCCESS){
+			done++;
+		}else{
+			failed++;
+			if(log_limiter_admit(&w->kick_log)){
+				plog_admitted(&w->kick_log, MOSQ_LOG_ERR, "cannot disconnect clients of '%s': %s",
+						log_sanitize_str(shown, sizeof(shown), name), broker_rc_text(rc));
+			}
+		}
+		free(name);
 	}
+	pthread_mutex_lock(&w->lock);
+	w->stats.kicks_done += done;
+	w->stats.kicks_failed += failed;
+	pthread_mutex_unlock(&w->lock);
 }
 
 
 /* Main thread: certificate revocations and class kicks become marked
  * connections, then up to KICKS_PER_TICK of those are disconnected. */
-static void apply_dooms(struct policyd_watch *w, struct conn_table *conns)
+static void apply_dooms(struct policyd_watch *w, struct conn_table *conns, int64_t deadline_ms)
 {
 	struct pending_dooms dooms;
 	size_t marked = 0, kicked, failed;
@@ -712,7 +759,7 @@ static void apply_dooms(struct policyd_watch *w, struct conn_table *conns)
 				"took access from %s", marked, dooms.all_named || dooms.anonymous
 				? "their whole class of clients" : "them");
 	}
-	kicked = conn_kick_doomed(conns, KICKS_PER_TICK, monotonic_ms() + KICK_BUDGET_MS, &failed);
+	kicked = conn_kick_doomed(conns, KICKS_PER_TICK, deadline_ms, &failed);
 	if(kicked > 0){
 		pthread_mutex_lock(&w->lock);
 		w->stats.kicks_done += kicked - failed;
@@ -724,6 +771,7 @@ static void apply_dooms(struct policyd_watch *w, struct conn_table *conns)
 
 void watch_on_tick(struct policyd_watch *w, struct conn_table *conns)
 {
+	int64_t started = monotonic_ms();
 	struct stream_state state;
 	uint64_t dropped, bad;
 	size_t n;
@@ -732,7 +780,8 @@ void watch_on_tick(struct policyd_watch *w, struct conn_table *conns)
 		return;
 	}
 	pthread_mutex_lock(&w->lock);
-	n = kick_dequeue(w, w->tick_names, KICK_NAMES_PER_TICK);
+	/* New names only once the last batch is done: the queue holds the rest. */
+	n = w->unmatched_next < w->unmatched_end ? 0 : kick_dequeue(w, w->tick_names, KICK_NAMES_PER_TICK);
 	state = w->state;
 	dropped = w->stats.kicks_dropped;
 	bad = w->stats.bad_events;
@@ -754,7 +803,8 @@ void watch_on_tick(struct policyd_watch *w, struct conn_table *conns)
 		w->dropped_logged = dropped;
 	}
 	if(n > 0){
-		doom_named(conns, w->tick_names, n);
+		doom_named(w, conns, n);
 	}
-	apply_dooms(w, conns);
+	apply_dooms(w, conns, started + KICK_BUDGET_MS);
+	kick_unmatched(w, started + KICK_BUDGET_MS);
 }

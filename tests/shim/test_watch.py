@@ -90,7 +90,7 @@ def test_stream_comes_back_after_a_daemon_restart(make_daemon, make_shim):
     ticking(shim, lambda: shim.stub.stub_kicks() == 1, "the kick after the restart")
 
 
-def test_kicks_are_once_per_client_and_only_for_connected_names(make_daemon, make_shim):
+def test_kicks_are_once_per_name_and_by_client_id_when_known(make_daemon, make_shim):
     daemon = make_daemon("--no-watch", rules=RULES)
     shim = make_shim(daemon)
     assert shim.allowed(shim.client("c1", "Device123"), WRITE, "/device/Device123/t")
@@ -103,10 +103,12 @@ def test_kicks_are_once_per_client_and_only_for_connected_names(make_daemon, mak
         time.sleep(0.05)
         shim.tick()
     assert shim.stub.stub_kicks() == 1                           # once, by client id
+    assert any("disconnecting 1 client(s): the new policy took access from 1 name(s)" in line
+               for line in shim.logs())
     reload(daemon, RULES)
-    reload(daemon, WITHOUT_DEVICE123)                            # named again: nobody connected under it
+    reload(daemon, WITHOUT_DEVICE123)                            # named again: no client known under it
     time.sleep(1.0)                                             # both events in
     for _ in range(10):
         time.sleep(0.05)
         shim.tick()
-    assert shim.stub.stub_kicks() == 1
+    assert shim.stub.stub_kicks() == 2                           # tried once by username, in the budget
