@@ -23,6 +23,9 @@ from conftest import SEED_RULES
 sys.path.insert(0, str(ROOT / "bench"))
 from reliability import record  # noqa: E402
 
+# on Mosquitto 2.1 identity mode answers CONNECTs by delayed basic auth, whose refusal when no answer came is still 'not authorized' and whose SIGHUP path differs: an open gap (closing note).
+pytestmark = pytest.mark.broker(max=(2, 1, 0))
+
 IDENTITY = BrokerConfig(use_identity_as_username=False, extra="""
     auth_opt_policyd_identity cert
     auth_opt_policyd_timeout_ms 100
