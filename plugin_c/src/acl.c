@@ -113,7 +113,7 @@ static const char *subject_from_event(struct acl_subject *s, const struct mosqui
 	struct policy_check_request *r = &s->request;
 	const char *username, *client_id;
 
-	memset(s, 0, sizeof(*s));
+	memset(r, 0, sizeof(*r)); /* the renderings are written when a line is logged */
 	s->client = ed->client;
 	s->mosq_access = ed->access;
 	r->topic = ed->topic;
@@ -215,10 +215,9 @@ static int on_denied(struct policyd_plugin *plugin, struct acl_subject *s,
 
 static void subject_identity(const struct acl_subject *s, struct cache_identity *id)
 {
+	id->owner = s->client;
 	id->username = s->request.username;
-	id->username_len = s->request.username_len;
 	id->client_id = s->request.client_id;
-	id->client_id_len = s->request.client_id_len;
 }
 
 
@@ -515,35 +514,55 @@ static void tick_watchdog(struct policyd_plugin *plugin, int64_t now_ms)
 }
 
 
-int acl_check_callback(int event, void *event_data, void *userdata)
+/* A check the cache could not answer, or one that cannot be asked at all.
+ * Out of line, so that a hit does not pay for this frame. */
+static __attribute__((noinline)) int check_uncached(struct policyd_plugin *plugin,
+		const struct mosquitto_evt_acl_check *ed, int64_t now_ms)
 {
-	struct policyd_plugin *plugin = userdata;
-	const struct mosquitto_evt_acl_check *ed = event_data;
 	struct acl_subject subject;
-	struct cache_answer cached;
-	const char *why;
-	int64_t now_ms;
+	const char *why = subject_from_event(&subject, ed);
 
-	if(plugin == NULL || ed == NULL || event != MOSQ_EVT_ACL_CHECK){
-		return MOSQ_ERR_ACL_DENIED;
-	}
-	plugin->counters.checks++;
-	why = subject_from_event(&subject, ed);
 	if(why != NULL){
 		return on_rejected(plugin, &subject, why);
-	}
-	now_ms = monotonic_ms();
-	tick_watchdog(plugin, now_ms);
-	generation_sync(plugin, 0); /* a newer generation from the Watch stream flushes first */
-	if(cache_answer(plugin, &subject, now_ms, 0, &cached)){
-		plugin->counters.cache_hits++;
-		return answer_rc(plugin, cached.allow);
 	}
 	plugin->counters.cache_misses++;
 	if(!breaker_allows(&plugin->breaker, now_ms)){
 		return on_breaker_open(plugin, &subject, now_ms);
 	}
 	return ask_daemon(plugin, &subject, now_ms);
+}
+
+
+int acl_check_callback(int event, void *event_data, void *userdata)
+{
+	struct policyd_plugin *plugin = userdata;
+	const struct mosquitto_evt_acl_check *ed = event_data;
+	struct cache_identity id;
+	struct cache_answer cached;
+	enum policy_access access;
+	int64_t now_ms;
+
+	if(plugin == NULL || ed == NULL || event != MOSQ_EVT_ACL_CHECK){
+		return MOSQ_ERR_ACL_DENIED;
+	}
+	plugin->counters.checks++;
+	/* The cache is asked straight from the event: a hit needs no request, no
+	 * length but the topic's, and no copy of anything. */
+	id.client_id = ed->client != NULL ? mosquitto_client_id(ed->client) : NULL;
+	if(id.client_id == NULL || ed->topic == NULL || !access_to_policy(ed->access, &access)){
+		return check_uncached(plugin, ed, 0); /* rejected there, with the reason */
+	}
+	now_ms = monotonic_ms();
+	tick_watchdog(plugin, now_ms);
+	id.owner = ed->client;
+	id.username = mosquitto_client_username(ed->client);
+	/* a newer generation from the Watch stream flushes first */
+	if(cache_lookup(plugin->cache, &id, ed->access, ed->topic, strlen(ed->topic),
+				generation_sync(plugin, 0), now_ms, 0, &cached) == CACHE_HIT){
+		plugin->counters.cache_hits++;
+		return answer_rc(plugin, cached.allow);
+	}
+	return check_uncached(plugin, ed, now_ms);
 }
 
 
@@ -576,13 +595,12 @@ int acl_disconnect_callback(int event, void *event_data, void *userdata)
 	}
 	connection_going_offline(plugin, ed->client);
 	auth_forget(plugin, ed->client);
+	id.owner = ed->client;
 	id.client_id = mosquitto_client_id(ed->client);
 	if(id.client_id == NULL){
 		return MOSQ_ERR_SUCCESS; /* nothing was cached for it: checks need a client id */
 	}
-	id.client_id_len = strlen(id.client_id);
 	id.username = mosquitto_client_username(ed->client);
-	id.username_len = id.username ? strlen(id.username) : 0;
 	cache_drop_client(plugin->cache, &id);
 	return MOSQ_ERR_SUCCESS;
 }

@@ -4,8 +4,14 @@
  * cannot be chosen to pile into one bucket:
  *   clients: (anonymous?, username, client id) -> struct cache_client
  *   entries: (client, access, topic)           -> struct cache_entry
+ * plus a third, keyed by the broker's client pointer (its `owner`): a check
+ * finds its client there and confirms the identity with two string
+ * comparisons, with no hashing of attacker-chosen strings. Each pointer is
+ * bound to at most one client and each client to at most one pointer (the
+ * last connection that used it), so no chain grows with reuse.
  * A client owns its entries (exact and scoped) and is freed with the last
- * of them. Every entry is also on one insertion-ordered list, whose head is
+ * of them. Scoped entries keep their filter's shape (topic_match.h), so a
+ * match does not split the filter into levels. Every entry is also on one insertion-ordered list, whose head is
  * what gets evicted when the cache is full, and which the sweep walks.
  *
  * Bytes are accounted as what each allocation asks for plus a fixed
@@ -34,6 +40,7 @@ struct cache_entry {
 	int64_t expires_ms;
 	uint8_t slot;                       /* access slot, 0..CACHE_ACCESS_SLOTS-1 */
 	bool scoped;                        /* text is a filter, not a topic */
+	uint8_t shape;                      /* scoped: topic_filter_shape(text) */
 	bool allow;
 	size_t text_len;
 	char text[];
@@ -41,16 +48,25 @@ struct cache_entry {
 
 struct cache_client {
 	struct cache_client *hnext;
+	struct cache_client *onext;         /* owner bucket chain */
+	const void *owner;                  /* bound broker client pointer, or NULL; never dereferenced */
 	uint64_t hash;
 	uint64_t serial;                    /* mixed into entry hashes */
 	size_t entry_count;
 	struct cache_entry *entries;        /* newest */
 	struct cache_entry *oldest_entry;   /* the end of `entries` */
-	struct cache_entry *scopes[CACHE_ACCESS_SLOTS][CACHE_SCOPES_PER_ACCESS];
+	struct cache_entry *scopes[CACHE_ACCESS_SLOTS][CACHE_SCOPES_PER_ACCESS]; /* the first scope_count[] */
+	uint8_t scope_count[CACHE_ACCESS_SLOTS];
 	bool anonymous;
 	size_t username_len;
 	size_t client_id_len;
-	char key[];                         /* username bytes, then client id bytes */
+	char key[];                         /* username, NUL, client id, NUL */
+};
+
+/* An identity's lengths, measured once per call that needs them. */
+struct identity_len {
+	size_t username;                    /* 0 when anonymous */
+	size_t client_id;
 };
 
 struct cache {
@@ -64,6 +80,7 @@ struct cache {
 	size_t mask;                        /* bucket count - 1 (both tables) */
 	struct cache_entry **entry_buckets;
 	struct cache_client **client_buckets;
+	struct cache_client **owner_buckets;
 	struct cache_entry *oldest, *newest;
 	struct cache_entry *sweep_next;     /* where the next sweep starts; NULL: the oldest */
 };
@@ -82,7 +99,7 @@ static size_t entry_cost(size_t text_len)
 
 static size_t client_cost(size_t key_len)
 {
-	return sizeof(struct cache_client) + key_len + ALLOC_OVERHEAD;
+	return sizeof(struct cache_client) + key_len + 2 + ALLOC_OVERHEAD;
 }
 
 
@@ -128,12 +145,26 @@ static uint64_t mix64(uint64_t x)
 
 /* Each field hashed on its own (lengths are part of SipHash's input), then
  * combined: no two different tuples are one byte string. */
-static uint64_t client_hash(const struct cache *c, const struct cache_identity *id)
+static uint64_t client_hash(const struct cache *c, const struct cache_identity *id, const struct identity_len *len)
 {
-	uint64_t hu = id->username ? siphash13(c->k0, c->k1, id->username, id->username_len) : 0x5a5a;
-	uint64_t hc = siphash13(c->k1, c->k0, id->client_id, id->client_id_len);
+	uint64_t hu = id->username ? siphash13(c->k0, c->k1, id->username, len->username) : 0x5a5a;
+	uint64_t hc = siphash13(c->k1, c->k0, id->client_id, len->client_id);
 
 	return mix64(hu ^ mix64(hc + (id->username ? 1 : 2)));
+}
+
+
+/* Broker pointers are not chosen by clients; mixed with the key all the same. */
+static size_t owner_bucket(const struct cache *c, const void *owner)
+{
+	return (size_t)mix64((uint64_t)(uintptr_t)owner ^ c->k0) & c->mask;
+}
+
+
+static void identity_measure(const struct cache_identity *id, struct identity_len *len)
+{
+	len->username = id->username ? strlen(id->username) : 0;
+	len->client_id = strlen(id->client_id);
 }
 
 
@@ -208,11 +239,12 @@ struct cache *cache_create(const struct cache_limits *limits)
 	if(limits->max_entries > 0){
 		c->entry_buckets = mosquitto_calloc(buckets, sizeof(*c->entry_buckets));
 		c->client_buckets = mosquitto_calloc(buckets, sizeof(*c->client_buckets));
-		if(c->entry_buckets == NULL || c->client_buckets == NULL){
+		c->owner_buckets = mosquitto_calloc(buckets, sizeof(*c->owner_buckets));
+		if(c->entry_buckets == NULL || c->client_buckets == NULL || c->owner_buckets == NULL){
 			cache_destroy(c);
 			return NULL;
 		}
-		c->bytes += 2 * (buckets * sizeof(void *) + ALLOC_OVERHEAD);
+		c->bytes += 3 * (buckets * sizeof(void *) + ALLOC_OVERHEAD);
 	}
 	return c;
 }
@@ -230,6 +262,7 @@ void cache_destroy(struct cache *c)
 	}
 	mosquitto_free(c->entry_buckets);
 	mosquitto_free(c->client_buckets);
+	mosquitto_free(c->owner_buckets);
 	mosquitto_free(c);
 }
 
@@ -272,23 +305,40 @@ uint64_t cache_evictions(const struct cache *c)
 
 /* ------------------------------------------------------------- clients */
 
-static bool client_is(const struct cache_client *cl, uint64_t hash, const struct cache_identity *id)
+static bool client_is(const struct cache_client *cl, uint64_t hash, const struct cache_identity *id,
+		const struct identity_len *len)
 {
 	return cl->hash == hash
 			&& cl->anonymous == (id->username == NULL)
-			&& cl->username_len == (id->username ? id->username_len : 0)
-			&& cl->client_id_len == id->client_id_len
+			&& cl->username_len == len->username
+			&& cl->client_id_len == len->client_id
 			&& memcmp(cl->key, id->username ? id->username : "", cl->username_len) == 0
-			&& memcmp(cl->key + cl->username_len, id->client_id, id->client_id_len) == 0;
+			&& memcmp(cl->key + cl->username_len + 1, id->client_id, len->client_id) == 0;
 }
 
 
-static struct cache_client *client_find(struct cache *c, const struct cache_identity *id, uint64_t hash)
+/* The same question as client_is() without lengths or a hash: the key keeps
+ * both strings NUL-terminated (identities come from the broker as C strings). */
+static inline bool client_is_now(const struct cache_client *cl, const struct cache_identity *id)
+{
+	if(id->username == NULL){
+		if(!cl->anonymous){
+			return false;
+		}
+	}else if(cl->anonymous || strcmp(cl->key, id->username) != 0){
+		return false;
+	}
+	return strcmp(cl->key + cl->username_len + 1, id->client_id) == 0;
+}
+
+
+static struct cache_client *client_find(struct cache *c, const struct cache_identity *id, uint64_t hash,
+		const struct identity_len *len)
 {
 	struct cache_client *cl;
 
 	for(cl = c->client_buckets[hash & c->mask]; cl; cl = cl->hnext){
-		if(client_is(cl, hash, id)){
+		if(client_is(cl, hash, id, len)){
 			return cl;
 		}
 	}
@@ -296,10 +346,95 @@ static struct cache_client *client_find(struct cache *c, const struct cache_iden
 }
 
 
-static struct cache_client *client_add(struct cache *c, const struct cache_identity *id, uint64_t hash)
+static inline struct cache_client *owner_find(struct cache *c, const void *owner)
 {
-	size_t ulen = id->username ? id->username_len : 0;
-	struct cache_client *cl = mosquitto_calloc(1, sizeof(*cl) + ulen + id->client_id_len);
+	struct cache_client *cl;
+
+	for(cl = c->owner_buckets[owner_bucket(c, owner)]; cl; cl = cl->onext){
+		if(cl->owner == owner){
+			return cl;
+		}
+	}
+	return NULL;
+}
+
+
+static void owner_unbind(struct cache *c, struct cache_client *cl)
+{
+	struct cache_client **pp;
+
+	if(cl->owner == NULL){
+		return;
+	}
+	pp = &c->owner_buckets[owner_bucket(c, cl->owner)];
+	while(*pp && *pp != cl){
+		pp = &(*pp)->onext;
+	}
+	if(*pp){
+		*pp = cl->onext;
+	}
+	cl->onext = NULL;
+	cl->owner = NULL;
+}
+
+
+/* From now on `owner` finds cl, and nothing else. */
+static void owner_bind(struct cache *c, struct cache_client *cl, const void *owner)
+{
+	struct cache_client *held, **bucket;
+
+	if(owner == NULL || cl->owner == owner){
+		return;
+	}
+	owner_unbind(c, cl);
+	held = owner_find(c, owner);
+	if(held){
+		owner_unbind(c, held);
+	}
+	bucket = &c->owner_buckets[owner_bucket(c, owner)];
+	cl->owner = owner;
+	cl->onext = *bucket;
+	*bucket = cl;
+}
+
+
+/* By the identity's hash; `owner` is then bound to what that finds. `stale`:
+ * the client the pointer was bound to, with another identity. */
+static __attribute__((noinline)) struct cache_client *client_by_identity(struct cache *c,
+		const struct cache_identity *id, struct cache_client *stale)
+{
+	struct cache_client *cl;
+	struct identity_len len;
+
+	if(stale){
+		owner_unbind(c, stale); /* another identity at this pointer now */
+	}
+	identity_measure(id, &len);
+	cl = client_find(c, id, client_hash(c, id, &len), &len);
+	if(cl){
+		owner_bind(c, cl, id->owner);
+	}
+	return cl;
+}
+
+
+/* The client of this identity, if it has entries: through its pointer when
+ * that still carries the identity it was bound with, else by hashing. */
+static inline struct cache_client *client_of(struct cache *c, const struct cache_identity *id)
+{
+	struct cache_client *cl = id->owner ? owner_find(c, id->owner) : NULL;
+
+	if(cl && client_is_now(cl, id)){
+		return cl;
+	}
+	return client_by_identity(c, id, cl);
+}
+
+
+static struct cache_client *client_add(struct cache *c, const struct cache_identity *id, uint64_t hash,
+		const struct identity_len *len)
+{
+	struct cache_client *cl = mosquitto_calloc(1, sizeof(*cl) + len->username + len->client_id + 2);
 	struct cache_client **bucket = &c->client_buckets[hash & c->mask];
 
 	if(cl == NULL){
@@ -308,17 +443,18 @@ static struct cache_client *client_add(struct cache *c, const struct cache_ident
 	cl->hash = hash;
 	cl->serial = c->next_serial++;
 	cl->anonymous = id->username == NULL;
-	cl->username_len = ulen;
-	cl->client_id_len = id->client_id_len;
-	if(ulen){
-		memcpy(cl->key, id->username, ulen);
+	cl->username_len = len->username;
+	cl->client_id_len = len->client_id;
+	if(len->username){
+		memcpy(cl->key, id->username, len->username);
 	}
-	if(id->client_id_len){
-		memcpy(cl->key + ulen, id->client_id, id->client_id_len);
+	if(len->client_id){
+		memcpy(cl->key + len->username + 1, id->client_id, len->client_id);
 	}
 	cl->hnext = *bucket;
 	*bucket = cl;
-	c->bytes += client_cost(ulen + id->client_id_len);
+	c->bytes += client_cost(len->username + len->client_id);
+	owner_bind(c, cl, id->owner);
 	return cl;
 }
 
@@ -333,6 +469,7 @@ static void client_free(struct cache *c, struct cache_client *cl)
 	if(*pp){
 		*pp = cl->hnext;
 	}
+	owner_unbind(c, cl);
 	c->bytes -= client_cost(cl->username_len + cl->client_id_len);
 	mosquitto_free(cl);
 }
@@ -353,14 +490,19 @@ static void entry_unlink_hash(struct cache *c, struct cache_entry *e)
 }
 
 
+/* Scopes stay packed at the front of their array: the last one fills the gap. */
 static void entry_unlink_scope(struct cache_entry *e)
 {
 	struct cache_entry **scopes = e->client->scopes[e->slot];
+	uint8_t *n = &e->client->scope_count[e->slot];
 	int i;
 
-	for(i = 0; i < CACHE_SCOPES_PER_ACCESS; i++){
+	for(i = 0; i < *n; i++){
 		if(scopes[i] == e){
-			scopes[i] = NULL;
+			scopes[i] = scopes[*n - 1];
+			scopes[*n - 1] = NULL;
+			(*n)--;
+			return;
 		}
 	}
 }
@@ -457,16 +599,16 @@ static bool entry_usable(const struct cache_entry *e, uint64_t generation, int64
 
 /* -------------------------------------------------------------- lookup */
 
-static struct cache_entry *scope_match(struct cache_client *cl, int slot, const char *topic,
+static inline struct cache_entry *scope_match(struct cache_client *cl, int slot, const char *topic,
 		size_t topic_len, uint64_t generation, int64_t now_ms, int64_t grace_ms)
 {
-	int i;
+	int i, n = cl->scope_count[slot];
 
-	for(i = 0; i < CACHE_SCOPES_PER_ACCESS; i++){
+	for(i = 0; i < n; i++){
 		struct cache_entry *e = cl->scopes[slot][i];
 
-		if(e && entry_usable(e, generation, now_ms, grace_ms)
-				&& topic_filter_matches(e->text, e->text_len, topic, topic_len)){
+		if(entry_usable(e, generation, now_ms, grace_ms)
+				&& topic_shape_matches(e->shape, e->text, e->text_len, topic, topic_len)){
 			return e;
 		}
 	}
@@ -485,16 +627,16 @@ enum cache_lookup cache_lookup(struct cache *c, const struct cache_identity *id,
 	if(c == NULL || c->limits.max_entries == 0 || slot < 0 || c->count == 0){
 		return CACHE_MISS;
 	}
-	cl = client_find(c, id, client_hash(c, id));
+	cl = client_of(c, id);
 	if(cl == NULL){
 		return CACHE_MISS;
 	}
-	e = entry_find(c, cl, slot, topic, topic_len);
-	if(e && !entry_usable(e, generation, now_ms, grace_ms)){
-		e = NULL;
-	}
+	e = scope_match(cl, slot, topic, topic_len, generation, now_ms, grace_ms);
 	if(e == NULL){
-		e = scope_match(cl, slot, topic, topic_len, generation, now_ms, grace_ms);
+		e = entry_find(c, cl, slot, topic, topic_len);
+		if(e && !entry_usable(e, generation, now_ms, grace_ms)){
+			return CACHE_MISS;
+		}
 	}
 	if(e == NULL){
 		return CACHE_MISS;
@@ -511,10 +653,10 @@ static struct cache_entry *scope_find(struct cache_client *cl, int slot, const c
 {
 	int i;
 
-	for(i = 0; i < CACHE_SCOPES_PER_ACCESS; i++){
+	for(i = 0; i < cl->scope_count[slot]; i++){
 		struct cache_entry *e = cl->scopes[slot][i];
 
-		if(e && e->text_len == len && memcmp(e->text, scope, len) == 0){
+		if(e->text_len == len && memcmp(e->text, scope, len) == 0){
 			return e;
 		}
 	}
@@ -522,24 +664,23 @@ static struct cache_entry *scope_find(struct cache_client *cl, int slot, const c
 }
 
 
-/* An empty scope slot for cl, freeing the soonest-expiring one if all are
- * taken (cl keeps at least the entry about to be added). */
-static int scope_slot_free(struct cache *c, struct cache_client *cl, int slot)
+/* Room for one more scope of cl, freeing the soonest-expiring one if all
+ * are taken (cl keeps at least the entry about to be added). */
+static void scope_make_room(struct cache *c, struct cache_client *cl, int slot)
 {
 	struct cache_entry **scopes = cl->scopes[slot];
 	int i, victim = 0;
 
-	for(i = 0; i < CACHE_SCOPES_PER_ACCESS; i++){
-		if(scopes[i] == NULL){
-			return i;
-		}
+	if(cl->scope_count[slot] < CACHE_SCOPES_PER_ACCESS){
+		return;
+	}
+	for(i = 1; i < CACHE_SCOPES_PER_ACCESS; i++){
 		if(scopes[i]->expires_ms < scopes[victim]->expires_ms){
 			victim = i;
 		}
 	}
 	entry_remove(c, scopes[victim], true);
 	c->evictions++;
-	return victim;
 }
 
 
@@ -558,7 +699,7 @@ static void entry_set(struct cache *c, struct cache_entry *e, const struct cache
 static struct cache_entry *existing_entry(struct cache *c, const struct cache_identity *id, int slot,
 		const char *text, size_t len, bool scoped)
 {
-	struct cache_client *cl = client_find(c, id, client_hash(c, id));
+	struct cache_client *cl = client_of(c, id);
 
 	if(cl == NULL){
 		return NULL;
@@ -583,9 +724,15 @@ static bool make_room(struct cache *c, size_t need, struct cache_client *keep)
 /* The client to store under, within its own entry cap, or NULL. */
 static struct cache_client *client_for_store(struct cache *c, const struct cache_identity *id, size_t text_len)
 {
-	uint64_t hash = client_hash(c, id);
-	struct cache_client *cl = client_find(c, id, hash);
-	size_t key_len = (id->username ? id->username_len : 0) + id->client_id_len;
+	struct identity_len len;
+	uint64_t hash;
+	struct cache_client *cl;
+	size_t key_len;
+
+	identity_measure(id, &len);
+	hash = client_hash(c, id, &len);
+	cl = client_find(c, id, hash, &len);
+	key_len = len.username + len.client_id;
 
 	if(cl != NULL && cl->entry_count >= c->limits.max_client_entries && cl->oldest_entry){
 		/* One client churns its own entries, not everybody else's. */
@@ -598,7 +745,11 @@ static struct cache_client *client_for_store(struct cache *c, const struct cache
 		}
 		return NULL;
 	}
-	return cl != NULL ? cl : client_add(c, id, hash);
+	if(cl == NULL){
+		return client_add(c, id, hash, &len);
+	}
+	owner_bind(c, cl, id->owner);
+	return cl;
 }
 
 
@@ -612,7 +763,6 @@ void cache_store(struct cache *c, const struct cache_identity *id, int access,
 	size_t len = scoped ? scope_len : topic_len;
 	struct cache_client *cl;
 	struct cache_entry *e;
-	int scope_index = -1;
 
 	if(c == NULL || c->limits.max_entries == 0 || slot < 0 || text == NULL){
 		return;
@@ -632,7 +782,7 @@ void cache_store(struct cache *c, const struct cache_identity *id, int access,
 		return;
 	}
 	if(scoped){
-		scope_index = scope_slot_free(c, cl, slot);
+		scope_make_room(c, cl, slot);
 	}
 	e = entry_new(c, cl, slot, scoped, text, len);
 	if(e == NULL){
@@ -643,7 +793,8 @@ void cache_store(struct cache *c, const struct cache_identity *id, int access,
 		return;
 	}
 	if(scoped){
-		cl->scopes[slot][scope_index] = e;
+		e->shape = topic_filter_shape(text, len);
+		cl->scopes[slot][cl->scope_count[slot]++] = e;
 	}else{
 		struct cache_entry **bucket;
 
@@ -664,11 +815,16 @@ void cache_store(struct cache *c, const struct cache_identity *id, int access,
 void cache_drop_client(struct cache *c, const struct cache_identity *id)
 {
 	struct cache_client *cl;
+	struct identity_len len;
 
 	if(c == NULL || c->limits.max_entries == 0 || c->count == 0){
 		return;
 	}
-	cl = client_find(c, id, client_hash(c, id));
+	if(id->owner && (cl = owner_find(c, id->owner)) != NULL){
+		owner_unbind(c, cl); /* whatever identity it had: this connection is over */
+	}
+	identity_measure(id, &len);
+	cl = client_find(c, id, client_hash(c, id, &len), &len);
 	while(cl && cl->entries){
 		bool last = cl->entry_count == 1;
 

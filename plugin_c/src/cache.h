@@ -30,12 +30,16 @@
 
 struct cache;
 
-/* Who is asking: the client part of every key. username NULL = anonymous. */
+/* Who is asking: the client part of every key is (anonymous?, username,
+ * client id); username NULL = anonymous. `owner` is the broker's client
+ * pointer (NULL if none): it finds the identity's entries without hashing
+ * either string, after one comparison of both with the identity last seen
+ * at that pointer. It is never dereferenced, and a pointer that now carries
+ * another identity (reused, or a stand-in) finds nothing through it. */
 struct cache_identity {
-	const char *username;
-	size_t username_len;
-	const char *client_id;
-	size_t client_id_len;
+	const void *owner;
+	const char *username;   /* NUL-terminated */
+	const char *client_id;  /* NUL-terminated */
 };
 
 struct cache_answer {
@@ -59,10 +63,12 @@ struct cache_limits {
 struct cache *cache_create(const struct cache_limits *limits);
 void cache_destroy(struct cache *cache);
 
-/* Looks up `topic` for this identity and access (a MOSQ_ACL_* value):
- * first the exact entry, then the client's scoped filters. Entries of a
- * generation other than `generation` are never returned; with grace_ms > 0
- * an entry expired less than grace_ms ago is returned too (on_error stale). */
+/* Looks up `topic` for this identity and access (a MOSQ_ACL_* value): the
+ * client's scoped filters, then the exact entry (the daemon gives one answer
+ * per identity, access and topic within a generation, so the order only
+ * saves work). Entries of a generation other than `generation` are never
+ * returned; with grace_ms > 0 an entry expired less than grace_ms ago is
+ * returned too (on_error stale). */
 enum cache_lookup cache_lookup(struct cache *cache, const struct cache_identity *id, int access,
 		const char *topic, size_t topic_len, uint64_t generation, int64_t now_ms,
 		int64_t grace_ms, struct cache_answer *out);
@@ -73,7 +79,8 @@ void cache_store(struct cache *cache, const struct cache_identity *id, int acces
 		const char *topic, size_t topic_len, const char *scope, size_t scope_len,
 		const struct cache_answer *answer, int64_t expires_ms);
 
-/* Drops every entry of this client (MOSQ_EVT_DISCONNECT). */
+/* Drops every entry of this identity, and what `owner` was last seen as
+ * (MOSQ_EVT_DISCONNECT). */
 void cache_drop_client(struct cache *cache, const struct cache_identity *id);
 
 /* Drops every entry whose generation is not `generation`. */

@@ -46,10 +46,57 @@ static bool is_utf8(const unsigned char *s, size_t len)
 }
 
 
+#define BYTES_01 0x0101010101010101ULL
+#define BYTES_80 0x8080808080808080ULL
+
+/* Some byte of w is NUL, '+' or '#' ('#' | 0x08 == '+', and no other byte
+ * but '+' itself becomes '+'), assuming no byte of w has its high bit set. */
+static bool word_has_special(uint64_t w)
+{
+	uint64_t wild = (w | (BYTES_01 * 0x08)) ^ (BYTES_01 * '+');
+
+	return (((w - BYTES_01) & ~w) | ((wild - BYTES_01) & ~wild)) & BYTES_80;
+}
+
+
+/* No '+', '#' or NUL, and well-formed UTF-8. ASCII, the common case, is
+ * checked eight bytes at a time (the last word may overlap the one before):
+ * this runs on every cache hit through a scope. */
 static bool is_plain_name(const char *topic, size_t len)
 {
-	return memchr(topic, '+', len) == NULL && memchr(topic, '#', len) == NULL
-			&& memchr(topic, '\0', len) == NULL && is_utf8((const unsigned char *)topic, len);
+	const unsigned char *s = (const unsigned char *)topic;
+	size_t i;
+	uint64_t w;
+
+	if(len >= 8){
+		for(i = 0; ; i += 8){
+			if(i + 8 > len){
+				i = len - 8;
+			}
+			memcpy(&w, s + i, 8);
+			if(w & BYTES_80){
+				break; /* not ASCII: the careful way, from this word on */
+			}
+			if(word_has_special(w)){
+				return false;
+			}
+			if(i + 8 == len){
+				return true;
+			}
+		}
+	}else{
+		for(i = 0; i < len && s[i] < 0x80; i++){
+			if(s[i] == '+' || s[i] == '#' || s[i] == '\0'){
+				return false;
+			}
+		}
+		if(i == len){
+			return true;
+		}
+	}
+	/* Everything before i is ASCII, so a UTF-8 sequence cannot start earlier. */
+	return memchr(s + i, '+', len - i) == NULL && memchr(s + i, '#', len - i) == NULL
+			&& memchr(s + i, '\0', len - i) == NULL && is_utf8(s + i, len - i);
 }
 
 
@@ -91,4 +138,62 @@ bool topic_filter_matches(const char *filter, size_t filter_len, const char *top
 		}
 		/* filter has more levels; topic may have ended (ti > topic_len) */
 	}
+}
+
+
+/* Wildcard-free, NUL-free, well-formed: the literal part of a filter that
+ * can be compared byte for byte. */
+static bool is_literal(const char *s, size_t len)
+{
+	return len == 0 || is_plain_name(s, len);
+}
+
+
+uint8_t topic_filter_shape(const char *filter, size_t filter_len)
+{
+	if(filter == NULL || filter_len == 0){
+		return TOPIC_SHAPE_OTHER;
+	}
+	if(filter_len == 1 && filter[0] == '#'){
+		return TOPIC_SHAPE_ALL;
+	}
+	if(is_literal(filter, filter_len)){
+		return TOPIC_SHAPE_NAME;
+	}
+	if(filter_len >= 2 && filter[filter_len - 1] == '#' && filter[filter_len - 2] == '/'
+			&& is_literal(filter, filter_len - 2)){
+		return TOPIC_SHAPE_SUBTREE;
+	}
+	return TOPIC_SHAPE_OTHER;
+}
+
+
+bool topic_shape_matches(uint8_t shape, const char *filter, size_t filter_len,
+		const char *topic, size_t topic_len)
+{
+	size_t prefix_len;
+
+	if(topic == NULL || topic_len == 0){
+		return false;
+	}
+	switch(shape){
+		case TOPIC_SHAPE_NAME:
+			/* the filter is a valid name: equal bytes make an equally valid topic */
+			return topic_len == filter_len && memcmp(topic, filter, topic_len) == 0;
+		case TOPIC_SHAPE_ALL:
+			return topic[0] != '$' && is_plain_name(topic, topic_len);
+		case TOPIC_SHAPE_SUBTREE:
+			/* "P/#": P itself, or P followed by '/' and anything; P is valid and
+			 * ends before a '/', so only the rest of the topic needs checking */
+			prefix_len = filter_len - 2;
+			if(topic_len < prefix_len || memcmp(topic, filter, prefix_len) != 0){
+				return false;
+			}
+			if(topic_len == prefix_len){
+				return prefix_len > 0;
+			}
+			return topic[prefix_len] == '/'
+					&& is_plain_name(topic + prefix_len, topic_len - prefix_len);
+	}
+	return topic_filter_matches(filter, filter_len, topic, topic_len);
 }

@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* Does `filter` match the topic name `topic`? `+` matches one whole level,
  * a final `#` matches the parent level and everything below it, and a
@@ -14,5 +15,19 @@
  * A topic that is not a valid topic name (containing `+`, `#` or NUL, or
  * not well-formed UTF-8) never matches: the daemon decides those itself. */
 bool topic_filter_matches(const char *filter, size_t filter_len, const char *topic, size_t topic_len);
+
+/* A filter classified once, so that matching it many times (a cached scope)
+ * needs no splitting into levels. topic_shape_matches(topic_filter_shape(f),
+ * f, ...) answers exactly as topic_filter_matches(f, ...). */
+enum topic_shape {
+	TOPIC_SHAPE_OTHER,     /* anything else: matched level by level */
+	TOPIC_SHAPE_NAME,      /* no wildcard, a valid topic name: only itself */
+	TOPIC_SHAPE_ALL,       /* "#" */
+	TOPIC_SHAPE_SUBTREE,   /* "P/#" with P free of wildcards, valid */
+};
+
+uint8_t topic_filter_shape(const char *filter, size_t filter_len);
+bool topic_shape_matches(uint8_t shape, const char *filter, size_t filter_len,
+		const char *topic, size_t topic_len);
 
 #endif

@@ -100,6 +100,18 @@ class Shim:
         self._keep.append(c)
         return c
 
+    def reidentify(self, client, client_id: bytes | str, username: bytes | str | None) -> None:
+        """The same struct (the same pointer) with another identity: a freed client's memory
+        reused, or Mosquitto's stand-in for a retained message's publisher."""
+        cid = ffi.new("char[]", client_id.encode() if isinstance(client_id, str) else client_id)
+        self._keep.append(cid)
+        client.id = cid
+        client.username = ffi.NULL
+        if username is not None:
+            user = ffi.new("char[]", username.encode() if isinstance(username, str) else username)
+            self._keep.append(user)
+            client.username = user
+
     def check(self, client, access: int, topic: str | bytes) -> int:
         return self.stub.stub_acl_check(client, access, topic.encode() if isinstance(topic, str) else topic)
 

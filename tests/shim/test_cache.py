@@ -134,3 +134,50 @@ def test_bounded_eviction(make_daemon, make_shim):
     stats = shim.close()
     assert stats["entries"] <= 4 and stats["evictions"] >= 6
     assert (stats["misses"], stats["hits"]) == (11, 1)
+
+
+def test_a_reused_client_pointer_never_answers_for_its_old_identity(make_daemon, make_shim):
+    """Checks find a client's entries through its pointer; the pointer alone must never do."""
+    shim = make_shim(make_daemon())
+    c = shim.client("c9", "Device999")
+    assert shim.allowed(c, WRITE, "/device/Device999/a")        # miss: scope /device/Device999/#
+    assert shim.allowed(c, WRITE, "/device/Device999/b")        # hit
+    for client_id, username in [("c8", "Device888"), ("c9", "Device998"), ("c9", None), ("c9", ""),
+                                ("Device999", "c9"), ("c", "9Device999")]:
+        shim.reidentify(c, client_id, username)
+        assert not shim.allowed(c, WRITE, "/device/Device999/c"), (client_id, username)
+    shim.reidentify(c, "c9", "Device999")                        # its entries are still its own
+    assert shim.allowed(c, WRITE, "/device/Device999/d")        # hit
+    stats = shim.close()
+    assert (stats["misses"], stats["hits"]) == (7, 2)
+
+
+def test_a_pointer_reused_after_disconnect_starts_empty(make_daemon, make_shim):
+    shim = make_shim(make_daemon())
+    c = shim.client("c9", "Device999")
+    admin = shim.client("a1", "admin")
+    assert shim.allowed(c, WRITE, "/device/Device999/a")        # miss
+    assert shim.allowed(admin, READ, "/device/Device999/a")     # miss: scope #
+    shim.disconnect(c)
+    shim.reidentify(c, "c8", "Device888")                        # a new connection at the same address
+    assert not shim.allowed(c, WRITE, "/device/Device999/a")    # miss
+    assert not shim.allowed(c, READ, "/device/Device999/a")     # miss: never the admin's answer
+    shim.reidentify(c, "c9", "Device999")                        # the old identity again: dropped
+    assert shim.allowed(c, WRITE, "/device/Device999/a")        # miss
+    assert shim.allowed(admin, READ, "/device/Device999/b")     # hit: the admin kept its entries
+    stats = shim.close()
+    assert (stats["misses"], stats["hits"]) == (5, 1)
+
+
+def test_one_pointer_cycling_through_identities_keeps_each_ones_answers(make_daemon, make_shim):
+    """Mosquitto's stand-in client for retained messages: one struct, a publisher at a time."""
+    shim = make_shim(make_daemon())
+    stand_in = shim.client("x", "x")
+    devices = [f"Device{900 + i}" for i in range(20)]
+    for _ in range(3):
+        for device in devices:
+            shim.reidentify(stand_in, f"c-{device}", device)
+            assert shim.allowed(stand_in, WRITE, f"/device/{device}/t")
+            assert not shim.allowed(stand_in, WRITE, f"/device/{devices[0] if device != devices[0] else devices[1]}/t")
+    stats = shim.close()
+    assert (stats["misses"], stats["hits"]) == (40, 80)
