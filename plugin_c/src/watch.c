@@ -58,6 +58,8 @@
 #define KICK_NAMES_PER_TICK 8192
 #define MAX_USERNAME_LEN 65535
 #define STATUS_TEXT_MAX 160
+/* A SHA-256 today; a longer digest is not kept (the daemon then cannot use it). */
+#define POLICY_DIGEST_MAX 64
 
 struct kick_queue {
 	char **names;       /* ring of KICK_QUEUE_MAX strdup'd names */
@@ -82,6 +84,9 @@ struct stream_state {
 	unsigned long opened;                /* streams that delivered their first event */
 	uint64_t generation;                 /* last event's generation */
 	unsigned long losses;                /* streams that ended after connecting */
+	uint64_t asked_from;                 /* known_generation of the stream in force */
+	uint8_t digest[POLICY_DIGEST_MAX];   /* policy_digest of `generation` (digest_len 0: none) */
+	size_t digest_len;
 	char last_status[STATUS_TEXT_MAX];   /* why the last stream ended */
 };
 
@@ -114,6 +119,7 @@ struct policyd_watch {
 	struct log_limiter bad_log;
 	uint64_t dropped_logged;
 	uint64_t bad_logged;
+	uint64_t incomplete_logged;
 };
 
 /* Tags of the stream's three kinds of batch. */
@@ -251,12 +257,25 @@ static bool event_apply(struct policyd_watch *w, grpc_byte_buffer *buf)
 		w->state.opened++;
 	}
 	w->state.connected = true;
+	/* The digest comes with a generation's first event; later chunks carry none. */
+	if(ev->generation != w->state.generation || ev->policy_digest.len > 0){
+		w->state.digest_len = ev->policy_digest.len <= POLICY_DIGEST_MAX ? ev->policy_digest.len : 0;
+		if(w->state.digest_len > 0){
+			memcpy(w->state.digest, ev->policy_digest.data, w->state.digest_len);
+		}
+	}
 	w->state.generation = ev->generation;
 	for(i = 0; i < ev->n_kick_usernames; i++){
 		kick_enqueue(w, ev->kick_usernames[i].data, ev->kick_usernames[i].len);
 	}
-	w->dooms.all_named |= ev->kick_all_named;
-	w->dooms.anonymous |= ev->kick_anonymous;
+	/* Some kick since the generation this broker asked from may be lost: any
+	 * session may be one the policy no longer allows, so every one ends and
+	 * is checked again when it reconnects. */
+	if(ev->replay_incomplete){
+		w->stats.replays_incomplete++;
+	}
+	w->dooms.all_named |= ev->kick_all_named || ev->replay_incomplete;
+	w->dooms.anonymous |= ev->kick_anonymous || ev->replay_incomplete;
 	if(ev->has_revocations){
 		revocations_add_chunk(w, ev);
 	}
@@ -269,9 +288,12 @@ static bool event_apply(struct policyd_watch *w, grpc_byte_buffer *buf)
 /* --------------------------------------------------------------- stream */
 
 /* known_generation: the last generation a stream delivered (0: none), so
- * that the daemon replays the kicks of reloads this broker missed. Not the
- * shared generation: a check answer may have raised that without its kicks. */
-static grpc_byte_buffer *encode_request(const char *broker_id, uint64_t known_generation)
+ * that the daemon replays the kicks of reloads this broker missed, and the
+ * digest of that policy (a daemon serving the same content knows nothing was
+ * missed). Not the shared generation: a check answer may have raised that
+ * without its kicks. */
+static grpc_byte_buffer *encode_request(const char *broker_id, uint64_t known_generation,
+		const uint8_t *digest, size_t digest_len)
 {
 	Policyd__V1__WatchRequest msg = POLICYD__V1__WATCH_REQUEST__INIT;
 	grpc_byte_buffer *buf;
@@ -280,6 +302,8 @@ static grpc_byte_buffer *encode_request(const char *broker_id, uint64_t known_ge
 
 	msg.broker_id = (char *)broker_id;
 	msg.known_generation = known_generation;
+	msg.known_policy_digest.data = (uint8_t *)digest;
+	msg.known_policy_digest.len = digest_len;
 	len = policyd__v1__watch_request__get_packed_size(&msg);
 	slice = grpc_slice_malloc(len);
 	policyd__v1__watch_request__pack(&msg, GRPC_SLICE_START_PTR(slice));
@@ -403,6 +427,8 @@ static bool stream_run(struct policyd_watch *w)
 	grpc_byte_buffer *request, *buf = NULL;
 	grpc_call *call;
 	uint64_t known;
+	uint8_t digest[POLICY_DIGEST_MAX];
+	size_t digest_len;
 	int pending = 0;
 	bool got_event = false;
 
@@ -413,8 +439,11 @@ static bool stream_run(struct policyd_watch *w)
 	pthread_mutex_lock(&w->lock);
 	w->stats.streams++;
 	known = w->state.generation;
+	w->state.asked_from = known;
+	digest_len = w->state.digest_len;
+	memcpy(digest, w->state.digest, digest_len);
 	pthread_mutex_unlock(&w->lock);
-	request = encode_request(w->broker_id, known);
+	request = encode_request(w->broker_id, known, digest, digest_len);
 	grpc_metadata_array_init(&initial_md);
 	grpc_metadata_array_init(&trailing_md);
 
@@ -773,7 +802,7 @@ void watch_on_tick(struct policyd_watch *w, struct conn_table *conns)
 {
 	int64_t started = monotonic_ms();
 	struct stream_state state;
-	uint64_t dropped, bad;
+	uint64_t dropped, bad, incomplete;
 	size_t n;
 
 	if(w == NULL){
@@ -785,7 +814,17 @@ void watch_on_tick(struct policyd_watch *w, struct conn_table *conns)
 	state = w->state;
 	dropped = w->stats.kicks_dropped;
 	bad = w->stats.bad_events;
+	incomplete = w->stats.replays_incomplete;
 	pthread_mutex_unlock(&w->lock);
+
+	if(incomplete != w->incomplete_logged){
+		/* At most once per reopened stream, itself backed off: no limiter needed. */
+		plog(MOSQ_LOG_WARNING, "Watch stream reopened at policy generation %" PRIu64 ", but policyd "
+				"cannot prove it replayed every kick since generation %" PRIu64 ": disconnecting every "
+				"client, each is checked under the policy in force when it reconnects",
+				state.generation, state.asked_from);
+		w->incomplete_logged = incomplete;
+	}
 
 	if(bad != w->bad_logged && log_limiter_admit(&w->bad_log)){
 		plog_admitted(&w->bad_log, MOSQ_LOG_ERR, "%" PRIu64 " undecodable Watch events ignored",

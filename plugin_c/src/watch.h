@@ -32,6 +32,7 @@ struct watch_stats {
 	uint64_t kicks_failed;           /* ... that returned an error */
 	uint64_t kicks_dropped;          /* queue full, or a name that cannot be a username */
 	uint64_t bad_events;             /* messages that did not decode as a PolicyEvent */
+	uint64_t replays_incomplete;     /* reopened streams whose missed kicks the daemon could not prove */
 	bool connected;                  /* a stream is open and has sent its first event */
 };
 

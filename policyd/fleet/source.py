@@ -29,6 +29,7 @@ from typing import Optional
 from aetcd import rpc
 
 from ..engine import CompiledPolicy, PolicyLoadError, Problem, SourceRef
+from ..engine.diff import usernames_to_kick_among
 from ..fileio import write_atomically
 from . import FleetUnavailable
 from .etcd import Etcd, EtcdError
@@ -68,12 +69,14 @@ class FleetSource:
         self._base: Optional[BasePointer] = None
         self._base_data = b""
         self._base_users: Optional[BaseUsers] = None
+        self._base_pair: tuple[Optional[BasePointer], Optional[BaseUsers]] = (None, None)
         self._devices: dict[str, bytes] = {}
         self._stop = threading.Event()
         self._watch = None
         self._thread: Optional[threading.Thread] = None
         self._watch_from = 0  # the next revision to apply
         self._epoch = 0       # layout.EPOCH_SCALE: written by the first push
+        store.missed_from_source = self.missed_between
 
     # -- start and stop ---------------------------------------------------------------
 
@@ -263,18 +266,58 @@ class FleetSource:
                       self.status.revision, exc)
         self._watch_from = revision + 1
 
+    # -- kicks a returning broker missed -------------------------------------------------
+
+    def missed_between(self, known: int, generation: int) -> Optional[frozenset[str]]:
+        """The kicks from generation `known` to `generation` (both of this epoch), from etcd's
+        history: the device entries at the two revisions, diffed as a device change is. Any
+        daemon answers the same, whether or not it applied those revisions itself. None when
+        that cannot be proven: another epoch, a push in between (a whole new file: the
+        daemon's own swaps may still cover it), or history etcd has compacted."""
+        epoch = self._epoch
+        if not epoch or known <= epoch or generation <= epoch:
+            return None
+        at, now = known - epoch, generation - epoch
+        if at >= now:
+            return frozenset()  # this daemon lags behind the broker: the swaps to come carry the kicks
+        pointer, users = self._base_pair
+        try:
+            before = self.etcd.range_prefix(self.keys.policy, revision=at)
+            after = self.etcd.range_prefix(self.keys.policy, revision=now)
+        except EtcdError as exc:  # compacted, or etcd unreachable
+            log.warning("cannot read etcd revisions %d..%d to replay missed kicks: %s", at, now, exc)
+            return None
+        old = {kv.key: kv.value for kv in before.kvs}
+        new = {kv.key: kv.value for kv in after.kvs}
+        same = [old.get(k) == new.get(k) and new.get(k) is not None for k in (self.keys.base, self.keys.epoch)]
+        if not all(same) or users is None or BasePointer.decode(new[self.keys.base]).sha256 != pointer.sha256:
+            return None
+        devices_old = {self.keys.device_name(k): v for k, v in old.items() if k.startswith(self.keys.devices)}
+        devices_new = {self.keys.device_name(k): v for k, v in new.items() if k.startswith(self.keys.devices)}
+        changed = {n for n in devices_old.keys() | devices_new.keys() if devices_old.get(n) != devices_new.get(n)}
+        if not changed:
+            return frozenset()
+        policy = self.store.current
+        states = []
+        for devices in (devices_old, devices_new):
+            entries = self._entries({n: devices[n] for n in changed if n in devices}, quiet=True)
+            states.append(overlay(policy, users, entries, [n for n in changed if n not in entries]))
+        return usernames_to_kick_among(states[0], states[1], changed)
+
     # -- applying -----------------------------------------------------------------------
 
-    def _entries(self, devices: dict[str, bytes]) -> dict[str, DeviceEntry]:
-        """Device entries; one that does not validate (written by hand) revokes its device."""
+    def _entries(self, devices: dict[str, bytes], quiet: bool = False) -> dict[str, DeviceEntry]:
+        """Device entries; one that does not validate (written by hand) revokes its device.
+        `quiet`: an entry read again (replay), already reported when it was applied."""
         entries = {}
         for name, value in devices.items():
             where = (self.keys.device(name)).decode(errors="replace")
             try:
                 entries[name] = read_device(name, value, where)
             except PolicyLoadError as exc:
-                log.error("%s is not a valid device entry, the device is denied everything: %s", where, exc)
-                self.status.rejected += 1
+                if not quiet:
+                    log.error("%s is not a valid device entry, the device is denied everything: %s", where, exc)
+                    self.status.rejected += 1
                 try:
                     entries[name] = read_device(name, b'{"revoked": "invalid device entry"}', where)
                 except PolicyLoadError:
@@ -286,6 +329,7 @@ class FleetSource:
         where = f"etcd:{self.keys.prefix}/blobs/{pointer.sha256[:12]}"
         policy, base_users = build_policy(data, self._entries(devices), where)
         self._base, self._base_data, self._base_users = pointer, data, base_users
+        self._base_pair = (pointer, base_users)  # read by other threads in one step
         self._install(policy, devices, revision, trigger, None)
 
     def _apply_devices(self, changed: dict[str, bytes], removed: list[str], revision: int, trigger: str) -> None:

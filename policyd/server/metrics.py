@@ -126,6 +126,9 @@ class DaemonCollector:
                                 value=getattr(self.store, "last_reload_seconds", 0.0))
         yield CounterMetricFamily("policyd_kicked_identities", "Identities whose sessions reloads asked "
                                   "brokers to disconnect", value=getattr(self.store, "kicks_total", 0))
+        yield CounterMetricFamily("policyd_watch_replays_incomplete", "Brokers returning from a generation "
+                                  "whose missed kicks could not be proven: told to disconnect every client",
+                                  value=getattr(self.store, "replays_incomplete", 0))
         yield CounterMetricFamily("policyd_state_save_failures", "Saves of the --state-dir that failed "
                                   "(a restart would resume from an older policy)",
                                   value=getattr(self.store, "state_errors", 0))

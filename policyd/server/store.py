@@ -49,6 +49,16 @@ class PolicySwap:
     generation: int
     kicks: frozenset[str]
     previous: int = 0  # the generation it replaced
+    digest: bytes = field(default=b"", compare=False)  # the new policy's content (PolicyStore.digest), not saved
+
+
+@dataclass(frozen=True)
+class StreamStart:
+    """What a Watch stream opens with (PolicyStore.open_stream)."""
+
+    generation: int
+    missed: frozenset[str] | None  # None: not provable here
+    digest: bytes
 
 
 # While a reload runs, a check thread waits at most this long for the interpreter
@@ -112,6 +122,11 @@ class PolicyStore:
         # Set when the policy comes from elsewhere (policyd.fleet: etcd) and only arrives by install().
         self.follows: str | None = None
         self.source_detail: Callable[[], str] = lambda: ""
+        # Kicks between two generations that this process never swapped between (a
+        # broker returning from another daemon or before this one started), worked out
+        # from the policy source's own history (policyd.fleet: etcd); None: unprovable.
+        self.missed_from_source: Callable[[int, int], frozenset[str] | None] | None = None
+        self.replays_incomplete = 0         # returning brokers whose missed kicks could not be proven
 
     @property
     def current(self) -> CompiledPolicy:
@@ -204,7 +219,7 @@ class PolicyStore:
                      self.rules_file, policy.identity_count, policy.rule_count, policy.source_sha256[:12],
                      policy.reader, swapped_ms, len(kicks), _some(kicks))
             if old is not None:
-                swap = PolicySwap(policy.generation, kicks, old.generation)
+                swap = PolicySwap(policy.generation, kicks, old.generation, self.digest(policy))
                 self._history.append(swap)
                 self._notify(swap)
             self._save_state(data, policy.generation)
@@ -238,7 +253,7 @@ class PolicyStore:
                      policy.generation, trigger, policy.identity_count, policy.rule_count, len(kicks),
                      _some(kicks))
             if old is not None:
-                swap = PolicySwap(policy.generation, kicks, old.generation)
+                swap = PolicySwap(policy.generation, kicks, old.generation, self.digest(policy))
                 self._history.append(swap)
                 self._notify(swap)
                 self._retirement.retire(old)
@@ -307,15 +322,51 @@ class PolicyStore:
         swap reaches the subscriber exactly once: in this answer or as an event.
         """
         with self._lock:
-            self.add_listener(listener)
-            generation = self._policy.generation if self._policy else 0
-            if known_generation == generation:
-                return generation, frozenset()
-            history = list(self._history)
-            for i, swap in enumerate(history):
-                if swap.previous == known_generation:
-                    return generation, frozenset().union(*(s.kicks for s in history[i:]))
-            return generation, None
+            return self._subscribe(listener, known_generation)
+
+    def _subscribe(self, listener: SwapListener, known_generation: int) -> tuple[int, frozenset[str] | None]:
+        self.add_listener(listener)
+        generation = self._policy.generation if self._policy else 0
+        if known_generation == generation:
+            return generation, frozenset()
+        history = list(self._history)
+        for i, swap in enumerate(history):
+            if swap.previous == known_generation:
+                return generation, frozenset().union(*(s.kicks for s in history[i:]))
+        return generation, None
+
+    def digest(self, policy: CompiledPolicy | None) -> bytes:
+        """The content of `policy` for a returning broker (PolicyEvent.policy_digest): the
+        rules file's SHA-256; nothing when the policy follows another source, whose own
+        device changes a file digest would not name."""
+        if policy is None or self.follows is not None or not policy.source_sha256:
+            return b""
+        return bytes.fromhex(policy.source_sha256)
+
+    def open_stream(self, listener: SwapListener, known_generation: int = 0,
+                    known_digest: bytes = b"") -> StreamStart:
+        """subscribe(), plus the digest of the generation in force, read in the same step.
+        A broker whose last policy had the content now in force lost nothing, even from
+        a generation this process never served (a restart, another daemon): the kicks a
+        change implies are those between the policy it had and the policy in force."""
+        with self._lock:
+            generation, missed = self._subscribe(listener, known_generation)
+            digest = self.digest(self._policy)
+        if missed is None and known_generation and known_digest and known_digest == digest:
+            missed = frozenset()
+        return StreamStart(generation, missed, digest)
+
+    def missed_between(self, known_generation: int, generation: int) -> frozenset[str] | None:
+        """subscribe()'s None case: ask the policy source, outside the reload lock (it may
+        do I/O); the subscriber already hears every swap after `generation`."""
+        if self.missed_from_source is None or not known_generation:
+            return None
+        try:
+            return self.missed_from_source(known_generation, generation)
+        except Exception:  # unprovable: the caller takes the safe way
+            log.exception("cannot work out the kicks between generations %d and %d", known_generation,
+                          generation)
+            return None
 
     @property
     def listener_count(self) -> int:

@@ -45,6 +45,7 @@ def events_of(swap: PolicySwap, revoked: Revocations | None = None) -> Iterator[
     for i in range(max(len(kicks), len(revocations))):
         event = pb.PolicyEvent(generation=swap.generation)
         if i == 0:
+            event.policy_digest = swap.digest
             event.kick_all_named = KICK_ALL_NAMED in swap.kicks
             event.kick_anonymous = KICK_ANONYMOUS in swap.kicks
         if i < len(kicks):
@@ -80,15 +81,23 @@ def _revocations(store: PolicyStore) -> Revocations:
 
 
 def opening_events(broker: str, known: int, generation: int, missed: frozenset[str] | None,
-                   revoked: Revocations | None = None) -> Iterator[pb.PolicyEvent]:
-    """The generation in force, with the kicks a returning broker missed."""
-    if known and missed is None:
-        log.warning("broker %r returns from generation %d, which this daemon does not remember: "
-                    "kicks of reloads since then cannot be replayed (its clients are still checked "
-                    "under generation %d)", broker, known, generation)
+                   revoked: Revocations | None = None, digest: bytes = b"") -> Iterator[pb.PolicyEvent]:
+    """The generation in force, with the kicks a returning broker missed. When those cannot
+    be proven complete, every session of that broker is kicked: any one of them may be a
+    kick this daemon never heard of (the daemon keeps no sessions to narrow it down)."""
+    incomplete = bool(known) and missed is None
+    if incomplete:
+        log.warning("broker %r returns from generation %d, whose kicks up to generation %d this daemon "
+                    "cannot replay: it disconnects every client, each reconnects and is checked under "
+                    "the policy in force", broker, known, generation)
+        missed = CLASS_TOKENS
     log.info("Watch stream opened by broker %r at generation %d%s", broker, generation,
-             f", replaying {len(missed)} kicks" if missed else "")
-    yield from events_of(PolicySwap(generation, missed or frozenset()), revoked)
+             f", replaying {len(missed)} kicks" if missed and not incomplete else "")
+    events = events_of(PolicySwap(generation, missed or frozenset(), 0, digest), revoked)
+    first = next(events)
+    first.replay_incomplete = incomplete
+    yield first
+    yield from events
 
 
 def watch(store: PolicyStore, request: pb.WatchRequest, context: grpc.ServicerContext) -> Iterator[pb.PolicyEvent]:
@@ -98,8 +107,14 @@ def watch(store: PolicyStore, request: pb.WatchRequest, context: grpc.ServicerCo
     listener = swaps.put
     broker = request.broker_id[:100] or "?"
     try:
-        generation, missed = store.subscribe(listener, request.known_generation)
-        yield from opening_events(broker, request.known_generation, generation, missed, _revocations(store))
+        start = store.open_stream(listener, request.known_generation, request.known_policy_digest[:64])
+        missed = start.missed
+        if missed is None and request.known_generation:
+            missed = store.missed_between(request.known_generation, start.generation)
+            if missed is None:
+                store.replays_incomplete += 1
+        yield from opening_events(broker, request.known_generation, start.generation, missed,
+                                  _revocations(store), start.digest)
         while context.is_active():
             try:
                 swap = swaps.get(timeout=LIVENESS_POLL_S)

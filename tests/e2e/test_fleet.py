@@ -225,7 +225,10 @@ def test_daemon_restarted_while_etcd_is_down_serves_the_saved_policy(fleet):
     daemon.start()
     assert daemon.generation() == generation and daemon.revision() == revision
     assert "UNREACHABLE" in daemon.status()
-    # the broker reconnects to the restarted daemon; its answers come from the saved revision
+    # the broker reconnects to the restarted daemon (its channel backs off: wait for the stream);
+    # its answers come from the saved revision
+    wait_for(lambda: "Watch stream opened" in daemon.log().split("serving the saved revision")[-1], 10,
+             "the broker back on the restarted daemon", interval=0.1)
     dev = fleet.device(fleet.brokers[0], "Restarted")
     assert dev.publish("/device/Restarted/t", b"x") == 0
     assert fleet.device(fleet.brokers[0], "Steady", client_id="steady-after").publish(

@@ -97,3 +97,39 @@ def test_a_failing_kick_diff_still_swaps_and_is_counted(store, monkeypatch):
     outcome = reload(store, NO_A)
     assert outcome.generation > before and outcome.kicks == frozenset()
     assert store.kick_errors == 1 and "A" not in store.current.users
+
+
+def test_a_broker_from_a_generation_nobody_remembers_is_told_to_kick_everyone(store):
+    events = list(watch_stream.opening_events("t", 12345, 99, None))
+    assert events[0].replay_incomplete and events[0].kick_all_named and events[0].kick_anonymous
+    assert list(events[0].kick_usernames) == [] and events[0].generation == 99
+
+
+def test_a_new_broker_or_a_proven_replay_kicks_only_what_was_missed():
+    first = next(watch_stream.opening_events("t", 0, 99, None))  # a new broker: nothing to replay
+    assert not (first.replay_incomplete or first.kick_all_named or first.kick_anonymous)
+    first = next(watch_stream.opening_events("t", 98, 99, frozenset({"A"})))
+    assert not (first.replay_incomplete or first.kick_all_named) and list(first.kick_usernames) == [b"A"]
+
+
+def test_the_policy_source_is_asked_what_the_store_does_not_remember(store):
+    asked = []
+    store.missed_from_source = lambda known, gen: asked.append((known, gen)) or frozenset({"B"})
+    g = store.status().generation
+    assert store.missed_between(12345, g) == frozenset({"B"}) and asked == [(12345, g)]
+    assert store.missed_between(0, g) is None  # a new broker asks for nothing
+    store.missed_from_source = lambda known, gen: 1 / 0
+    assert store.missed_between(12345, g) is None  # a failure is unprovable, never "nothing missed"
+
+
+def test_a_broker_from_another_daemon_with_the_same_file_missed_nothing(store, tmp_path):
+    other = PolicyStore(store.rules_file)  # another daemon (or a restart): its own generations
+    assert other.reload("start").ok
+    mine = store.open_stream(lambda s: None)
+    assert mine.digest and mine.missed is None  # a new broker: nothing asked
+    theirs = other.open_stream(lambda s: None, 12345, mine.digest)
+    assert theirs.missed == frozenset() and theirs.digest == mine.digest
+    reload(other, NO_A)  # the same broker, but the file changed meanwhile: unprovable
+    assert other.open_stream(lambda s: None, 12345, mine.digest).missed is None
+    other.follows = "etcd://x/p"  # a fleet policy: the file digest does not name its device entries
+    assert other.open_stream(lambda s: None, 1, b"").digest == b""
