@@ -594,7 +594,6 @@ int acl_disconnect_callback(int event, void *event_data, void *userdata)
 		return MOSQ_ERR_SUCCESS;
 	}
 	connection_going_offline(plugin, ed->client);
-	auth_forget(plugin, ed->client);
 	id.owner = ed->client;
 	id.client_id = mosquitto_client_id(ed->client);
 	if(id.client_id == NULL){

@@ -17,10 +17,14 @@
  *
  * No answer (daemon down, hung, breaker open, broken answer) refuses too,
  * but as a retryable failure, never "not authorized": devices give up on
- * that. The ACL checks' circuit breaker guards these calls as well. A
- * re-authentication of a connection this plugin authenticated with the same
- * certificate (a broker SIGHUP re-runs BASIC_AUTH for every client) is
- * answered without a call (auth_known.h).
+ * that. The ACL checks' circuit breaker guards these calls as well.
+ *
+ * A broker SIGHUP re-runs BASIC_AUTH for every connected client. A live
+ * connection this plugin accepted (its conn.h record) is not a new CONNECT:
+ * with the same certificate it is answered without a call; a password one is
+ * asked again on this thread (never delayed: the client is live) and kept
+ * when no answer comes, since an outage is no evidence against a password
+ * already verified; its checks stay fail-closed and revocations still kick.
  */
 #include <inttypes.h>
 #include <stdbool.h>
@@ -36,7 +40,6 @@
 
 #include "auth.h"
 #include "auth_delayed.h"
-#include "auth_known.h"
 #include "conn.h"
 #include "plugin_state.h"
 
@@ -142,43 +145,6 @@ static int auth_breaker_refuse(struct policyd_plugin *plugin, struct mosquitto *
 }
 
 
-/* A re-authentication of a connection authenticated here with this very
- * certificate, still holding the identity set for it: nothing to ask. */
-static bool auth_reauth_known(struct policyd_plugin *plugin, const struct mosquitto_evt_basic_auth *ed,
-		const char *client_id, const unsigned char digest[AUTH_KNOWN_DIGEST_LEN])
-{
-	if(!auth_known_matches(plugin->auth.known, ed->client, client_id, digest, ed->username)){
-		return false;
-	}
-	plugin->auth.reauth_known++;
-	return true;
-}
-
-
-/* Best effort: without the record a re-authentication is simply asked. */
-static void auth_remember(struct policyd_plugin *plugin, struct mosquitto *client, const char *client_id,
-		const unsigned char digest[AUTH_KNOWN_DIGEST_LEN], const char *identity)
-{
-	if(plugin->auth.known == NULL){
-		plugin->auth.known = auth_known_create();
-	}
-	(void)auth_known_remember(plugin->auth.known, client, client_id, digest, identity);
-}
-
-
-void auth_forget(struct policyd_plugin *plugin, struct mosquitto *client)
-{
-	auth_known_forget(plugin->auth.known, client);
-}
-
-
-void auth_cleanup(struct policyd_auth *auth)
-{
-	auth_known_destroy(auth->known);
-	auth->known = NULL;
-}
-
-
 /* Passwords travel only over a unix socket: plaintext TCP is loopback-only
  * but still readable by any local user who can sniff it. */
 static bool auth_may_send_password(const struct policyd_plugin *plugin, const struct mosquitto_evt_basic_auth *ed)
@@ -203,12 +169,28 @@ static void auth_request_fill(struct policy_auth_request *req, struct mosquitto 
 }
 
 
+/* Records the accepted connection (conn.h): what it was verified by, and
+ * its certificate's facts, so a re-authentication needs no call. */
+static int auth_accepted(struct policyd_plugin *plugin, struct mosquitto *client, const char *client_id,
+		const char *identity, bool by_password)
+{
+	X509 *cert = by_password ? NULL : mosquitto_client_certificate(client);
+	struct conn *c = conn_track(plugin->conns, client, cert);
+
+	X509_free(cert); /* NULL-safe */
+	if(c == NULL || !conn_set_authenticated(c, identity, by_password)){
+		return auth_refuse_local(plugin, client_id, "out of memory for the connection table");
+	}
+	plugin->auth.allowed++;
+	return MOSQ_ERR_SUCCESS;
+}
+
+
 /* Broker mode: a username is a claim, verified here by password or refused. */
 static int auth_claimed_username(struct policyd_plugin *plugin, const struct mosquitto_evt_basic_auth *ed,
 		struct policy_auth_request *req)
 {
 	struct policy_auth_result res;
-	struct conn *c;
 
 	if(ed->username == NULL){
 		return MOSQ_ERR_PLUGIN_DEFER; /* anonymous: the broker's allow_anonymous decides */
@@ -227,13 +209,70 @@ static int auth_claimed_username(struct policyd_plugin *plugin, const struct mos
 	if(strcmp(res.username, ed->username) != 0){
 		return auth_refuse_local(plugin, req->client_id, "policyd verified a different username");
 	}
-	c = conn_track(plugin->conns, ed->client, NULL);
-	if(c == NULL){
-		return auth_refuse_local(plugin, req->client_id, "out of memory for the connection table");
+	return auth_accepted(plugin, ed->client, req->client_id, ed->username, true);
+}
+
+
+/* The password re-authentication of a live connection (see the top). */
+static int auth_reask_password(struct policyd_plugin *plugin, const struct mosquitto_evt_basic_auth *ed,
+		struct policy_auth_request *req, const struct conn *c)
+{
+	struct policy_auth_result res;
+	char shown[LOG_IDENT_MAX];
+
+	res.outcome = POLICY_ERROR;
+	res.error = POLICY_ERR_UNAVAILABLE;
+	if(breaker_allows(&plugin->breaker, monotonic_ms())){
+		req->password = ed->password;
+		req->password_len = strlen(ed->password);
+		policy_client_authenticate(plugin->client, req, &res);
+		(void)breaker_record(&plugin->breaker, res.outcome == POLICY_ERROR && res.error == POLICY_ERR_DEADLINE,
+				monotonic_ms());
 	}
-	c->password_verified = true;
-	plugin->auth.allowed++;
+	if(res.outcome == POLICY_ERROR){
+		plugin->auth.reauth_kept++;
+		if(log_limiter_admit(&plugin->auth.error_log)){
+			plog_admitted(&plugin->auth.error_log, MOSQ_LOG_WARNING, "re-authentication of client '%s' kept "
+					"without an answer from policyd (its password was verified at CONNECT)",
+					log_sanitize_str(shown, sizeof(shown), req->client_id));
+		}
+		return MOSQ_ERR_SUCCESS;
+	}
+	if(res.outcome != POLICY_ALLOW){
+		return auth_refuse(plugin, req->client_id, &res);
+	}
+	if(strcmp(res.username, c->identity) != 0){
+		return auth_refuse_local(plugin, req->client_id, "policyd verified a different username");
+	}
+	plugin->auth.reauth_asked++;
 	return MOSQ_ERR_SUCCESS;
+}
+
+
+/* A re-authentication of a live connection accepted here: true with *rc
+ * set; false when this is a CONNECT to decide afresh. `digest`: the SHA-256
+ * of the client's certificate, or NULL without one. */
+static bool auth_reauthenticate(struct policyd_plugin *plugin, const struct mosquitto_evt_basic_auth *ed,
+		struct policy_auth_request *req, const unsigned char *digest, int *rc)
+{
+	const struct conn *c = conn_authenticated_as(plugin->conns, ed->client, ed->username);
+
+	if(c == NULL){
+		return false;
+	}
+	if(digest != NULL){
+		if(!c->has_certificate || c->password_verified || memcmp(c->sha256, digest, sizeof(c->sha256)) != 0){
+			return false;
+		}
+		plugin->auth.reauth_known++;
+		*rc = MOSQ_ERR_SUCCESS;
+		return true;
+	}
+	if(!c->password_verified || !auth_may_send_password(plugin, ed)){
+		return false;
+	}
+	*rc = auth_reask_password(plugin, ed, req, c);
+	return true;
 }
 
 
@@ -243,7 +282,7 @@ int auth_basic_callback(int event, void *event_data, void *userdata)
 	struct mosquitto_evt_basic_auth *ed = event_data;
 	struct policy_auth_request req;
 	struct policy_auth_result res;
-	unsigned char digest[AUTH_KNOWN_DIGEST_LEN];
+	unsigned char digest[SHA256_DIGEST_LENGTH];
 	unsigned char *der;
 	size_t der_len;
 	bool has_cert;
@@ -259,14 +298,13 @@ int auth_basic_callback(int event, void *event_data, void *userdata)
 	has_cert = der != NULL;
 	if(has_cert){
 		SHA256(der, der_len, digest);
-		if(auth_reauth_known(plugin, ed, req.client_id, digest)){
-			OPENSSL_free(der);
-			return MOSQ_ERR_SUCCESS;
-		}
+	}
+	if(auth_reauthenticate(plugin, ed, &req, has_cert ? digest : NULL, &rc)){
+		OPENSSL_free(der);
+		return rc;
 	}
 	/* A new CONNECT on this client: nothing verified before carries over. */
 	conn_drop(plugin->conns, ed->client);
-	auth_forget(plugin, ed->client);
 	if(plugin->config.identity != IDENTITY_CERT){
 		return auth_claimed_username(plugin, ed, &req);
 	}
@@ -302,11 +340,7 @@ int auth_basic_callback(int event, void *event_data, void *userdata)
 	if(rc != MOSQ_ERR_SUCCESS){
 		return rc;
 	}
-	rc = auth_set_identity(plugin, ed->client, req.client_id, res.username, !has_cert);
-	if(rc == MOSQ_ERR_SUCCESS && has_cert){
-		auth_remember(plugin, ed->client, req.client_id, digest, res.username);
-	}
-	return rc;
+	return auth_set_identity(plugin, ed->client, req.client_id, res.username, !has_cert);
 }
 
 
@@ -319,20 +353,10 @@ int auth_outcome(struct policyd_plugin *plugin, const char *client_id, const str
 int auth_set_identity(struct policyd_plugin *plugin, struct mosquitto *client, const char *client_id,
 		const char *identity, bool by_password)
 {
-	struct conn *c;
-
 	if(mosquitto_set_username(client, identity) != MOSQ_ERR_SUCCESS){
 		return auth_refuse_local(plugin, client_id, "cannot set the username to policyd's identity");
 	}
-	if(by_password){
-		c = conn_track(plugin->conns, client, NULL);
-		if(c == NULL){
-			return auth_refuse_local(plugin, client_id, "out of memory for the connection table");
-		}
-		c->password_verified = true;
-	}
-	plugin->auth.allowed++;
-	return MOSQ_ERR_SUCCESS;
+	return auth_accepted(plugin, client, client_id, identity, by_password);
 }
 
 
@@ -341,9 +365,9 @@ void auth_log_stats(const struct policyd_plugin *plugin)
 	const struct policyd_auth *a = &plugin->auth;
 
 	plog(MOSQ_LOG_INFO, "identity: connects allowed=%" PRIu64 " denied=%" PRIu64 " rejected=%" PRIu64
-			" reauth_known=%" PRIu64 " breaker_refused=%" PRIu64
+			" reauth_known=%" PRIu64 " reauth_asked=%" PRIu64 " reauth_kept=%" PRIu64 " breaker_refused=%" PRIu64
 			" errors: unavailable=%" PRIu64 " deadline=%" PRIu64 " status=%" PRIu64 " protocol=%" PRIu64
-			" internal=%" PRIu64, a->allowed, a->denied, a->rejected, a->reauth_known, a->breaker_refused,
+			" internal=%" PRIu64, a->allowed, a->denied, a->rejected, a->reauth_known, a->reauth_asked, a->reauth_kept, a->breaker_refused,
 			a->errors[POLICY_ERR_UNAVAILABLE], a->errors[POLICY_ERR_DEADLINE], a->errors[POLICY_ERR_STATUS],
 			a->errors[POLICY_ERR_PROTOCOL], a->errors[POLICY_ERR_INTERNAL]);
 }

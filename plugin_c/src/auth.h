@@ -13,7 +13,6 @@
 #include "policy_client.h"
 
 struct policyd_plugin;
-struct auth_known;
 struct mosquitto;
 
 struct policyd_auth {
@@ -22,8 +21,9 @@ struct policyd_auth {
 	uint64_t rejected;                    /* refused locally: no certificate, set_username failed */
 	uint64_t errors[POLICY_ERR__COUNT];   /* refused as retryable: no usable answer, by kind */
 	uint64_t breaker_refused;             /* refused as retryable without asking: breaker open */
-	uint64_t reauth_known;                /* re-authentications answered without asking */
-	struct auth_known *known;             /* connections authenticated here, by certificate */
+	uint64_t reauth_known;                /* re-authentications by certificate, answered without asking */
+	uint64_t reauth_asked;                /* password re-authentications policyd confirmed */
+	uint64_t reauth_kept;                 /* password re-authentications kept: no answer came */
 	struct log_limiter denied_log;
 	struct log_limiter rejected_log;
 	struct log_limiter error_log;
@@ -48,9 +48,6 @@ struct mosquitto;
 int auth_set_identity(struct policyd_plugin *plugin, struct mosquitto *client, const char *client_id,
 		const char *identity, bool by_password);
 
-/* MOSQ_EVT_DISCONNECT: the client's record of authentication goes. */
-void auth_forget(struct policyd_plugin *plugin, struct mosquitto *client);
-void auth_cleanup(struct policyd_auth *auth);
 
 void auth_log_stats(const struct policyd_plugin *plugin);
 

@@ -4,9 +4,17 @@
  * Jobs live in one array of AUTH_DELAYED_MAX slots: FREE -> QUEUED (main
  * thread) -> ASKING (a worker) -> ANSWERED (the worker) -> FREE (the tick).
  * One mutex guards the slots; the gRPC call runs outside it.
+ *
+ * No answer (daemon restarting, hung, unreachable): the worker asks again
+ * every AUTH_DELAYED_RETRY_MS for up to AUTH_DELAYED_RETRY_WINDOW_MS, so a
+ * daemon restart delays a CONNECT instead of refusing it. After that the
+ * CONNECT is left unanswered: 2.1 can complete a delayed CONNECT only with
+ * success or "not authorized" (final for many device SDKs), while a missing
+ * CONNACK makes the client time out and retry.
  */
 #include <inttypes.h>
 #include <pthread.h>
+#include <time.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +31,10 @@
 #define AUTH_DELAYED_MAX 256          /* CONNECTs waiting at once; more are refused */
 #define AUTH_DELAYED_WORKERS 4        /* Authenticate calls in flight at once */
 #define AUTH_DELAYED_DER_MAX 16384    /* a larger client certificate is refused */
+#define AUTH_DELAYED_RETRY_MS 200
+#define AUTH_DELAYED_RETRY_WINDOW_MS 2000  /* bridges a daemon restart */
+/* MOSQ_ERR_SERVER_BUSY of 2.1's headers: CONNACK 0x89 to an MQTT 5 client. */
+#define AUTH_RC_SERVER_BUSY 137
 
 enum job_state { JOB_FREE, JOB_QUEUED, JOB_ASKING, JOB_ANSWERED };
 
@@ -30,6 +42,8 @@ struct auth_job {
 	enum job_state state;
 	bool superseded;                  /* a newer CONNECT took this client id */
 	uint64_t seq;                     /* queue order */
+	int64_t queued_ms;                /* when BASIC_AUTH queued it */
+	int64_t not_before_ms;            /* asked again no sooner than this */
 	uintptr_t client_addr;            /* compared, never dereferenced: the client may be gone */
 	char *client_id;
 	char *username;
@@ -82,18 +96,59 @@ static void job_clear(struct auth_job *job)
 }
 
 
-/* The oldest queued job, or NULL. Called with the lock held. */
-static struct auth_job *job_next_queued(struct auth_delayed *ad)
+/* The oldest queued job due now, or NULL with *next_due_ms the soonest time
+ * a retry falls due (INT64_MAX: none). Called with the lock held. */
+static struct auth_job *job_next_queued(struct auth_delayed *ad, int64_t now_ms, int64_t *next_due_ms)
 {
-	struct auth_job *best = NULL;
+	struct auth_job *best = NULL, *job;
 	size_t i;
 
+	*next_due_ms = INT64_MAX;
 	for(i = 0; i < AUTH_DELAYED_MAX; i++){
-		if(ad->jobs[i].state == JOB_QUEUED && (best == NULL || ad->jobs[i].seq < best->seq)){
-			best = &ad->jobs[i];
+		job = &ad->jobs[i];
+		if(job->state != JOB_QUEUED){
+			continue;
+		}
+		if(job->not_before_ms > now_ms){
+			if(job->not_before_ms < *next_due_ms){
+				*next_due_ms = job->not_before_ms;
+			}
+		}else if(best == NULL || job->seq < best->seq){
+			best = job;
 		}
 	}
 	return best;
+}
+
+
+/* Asked again later: no answer came, and the client may still be waiting. */
+static bool job_retries(const struct auth_job *job, const struct policy_auth_result *res, int64_t now_ms)
+{
+	return res->outcome == POLICY_ERROR
+		&& (res->error == POLICY_ERR_UNAVAILABLE || res->error == POLICY_ERR_DEADLINE)
+		&& !job->superseded
+		&& now_ms + AUTH_DELAYED_RETRY_MS - job->queued_ms < AUTH_DELAYED_RETRY_WINDOW_MS;
+}
+
+
+/* Waits for work, or until a retry falls due. Called with the lock held. */
+static void worker_wait(struct auth_delayed *ad, int64_t due_ms)
+{
+	struct timespec ts;
+
+	if(due_ms == INT64_MAX){
+		pthread_cond_wait(&ad->work, &ad->lock);
+		return;
+	}
+	due_ms -= monotonic_ms();
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	ts.tv_sec += (time_t)(due_ms / 1000);
+	ts.tv_nsec += (long)(due_ms % 1000) * 1000000L;
+	if(ts.tv_nsec >= 1000000000L){
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	(void)pthread_cond_timedwait(&ad->work, &ad->lock, &ts);
 }
 
 
@@ -121,12 +176,13 @@ static void *worker_run(void *arg)
 	struct policy_auth_request req;
 	struct policy_auth_result res;
 	struct auth_job *job;
+	int64_t now_ms, due_ms;
 
 	pthread_mutex_lock(&ad->lock);
 	while(!ad->stopping){
-		job = job_next_queued(ad);
+		job = job_next_queued(ad, monotonic_ms(), &due_ms);
 		if(job == NULL){
-			pthread_cond_wait(&ad->work, &ad->lock);
+			worker_wait(ad, due_ms);
 			continue;
 		}
 		job->state = JOB_ASKING;
@@ -134,6 +190,13 @@ static void *worker_run(void *arg)
 		pthread_mutex_unlock(&ad->lock);
 		policy_client_authenticate(client, &req, &res);
 		pthread_mutex_lock(&ad->lock);
+		now_ms = monotonic_ms();
+		if(job_retries(job, &res, now_ms) && !ad->stopping){
+			job->not_before_ms = now_ms + AUTH_DELAYED_RETRY_MS;
+			job->state = JOB_QUEUED;
+			ad->stats.retried++;
+			continue;
+		}
 		job->result = res;
 		job->state = JOB_ANSWERED;
 	}
@@ -145,6 +208,7 @@ static void *worker_run(void *arg)
 struct auth_delayed *auth_delayed_create(const struct policy_client_options *opts, const char **errmsg)
 {
 	struct auth_delayed *ad = calloc(1, sizeof(*ad));
+	pthread_condattr_t cond_attr;
 	size_t i;
 
 	if(ad == NULL){
@@ -152,7 +216,11 @@ struct auth_delayed *auth_delayed_create(const struct policy_client_options *opt
 		return NULL;
 	}
 	pthread_mutex_init(&ad->lock, NULL);
-	pthread_cond_init(&ad->work, NULL);
+	/* Retries are timed by monotonic_ms(): the same clock for the waits. */
+	pthread_condattr_init(&cond_attr);
+	pthread_condattr_setclock(&cond_attr, CLOCK_MONOTONIC);
+	pthread_cond_init(&ad->work, &cond_attr);
+	pthread_condattr_destroy(&cond_attr);
 	log_limiter_init(&ad->overflow_log, 1);
 	for(i = 0; i < AUTH_DELAYED_WORKERS; i++){
 		ad->clients[i] = policy_client_create(opts, errmsg);
@@ -278,12 +346,15 @@ int auth_delayed_begin(struct auth_delayed *ad, struct mosquitto *client, const 
 		ad->stats.overflow++;
 		pthread_mutex_unlock(&ad->lock);
 		if(log_limiter_admit(&ad->overflow_log)){
-			plog_admitted(&ad->overflow_log, MOSQ_LOG_WARNING, "CONNECT refused: %d CONNECTs already wait "
-					"for policyd (or out of memory)", AUTH_DELAYED_MAX);
+			plog_admitted(&ad->overflow_log, MOSQ_LOG_WARNING, "CONNECT refused as retryable: %d CONNECTs "
+					"already wait for policyd (or out of memory)", AUTH_DELAYED_MAX);
 		}
-		return MOSQ_ERR_AUTH;
+		/* Busy, not forbidden: CONNACK 0x89 to MQTT 5, no CONNACK to MQTT 3. */
+		return mosquitto_client_protocol_version(client) == 5 ? AUTH_RC_SERVER_BUSY : MOSQ_ERR_UNKNOWN;
 	}
 	slot->seq = ad->next_seq++;
+	slot->queued_ms = monotonic_ms();
+	slot->not_before_ms = 0;
 	slot->client_addr = (uintptr_t)client;
 	slot->state = JOB_QUEUED;
 	ad->waiting++;
@@ -303,8 +374,12 @@ static void auth_delayed_complete(struct policyd_plugin *plugin, struct auth_job
 {
 	struct auth_delayed *ad = plugin->auth_delayed;
 	broker_complete_basic_auth_fn complete = broker_complete_basic_auth();
-	int rc = auth_outcome(plugin, job->client_id, &job->result);
+	int rc = auth_outcome(plugin, job->client_id, &job->result);  /* counts and logs a refusal */
 
+	if(job->result.outcome == POLICY_ERROR){
+		ad->stats.unanswered++;   /* left waiting: see the top */
+		return;
+	}
 	if(rc != MOSQ_ERR_SUCCESS){
 		complete(job->client_id, rc);
 		return;

@@ -13,7 +13,9 @@
  * client (an ACL check of a resumed session's messages, or
  * MOSQ_EVT_CONNECT) — the same client that sent the CONNECT, recognised by
  * its address, which is compared but never dereferenced before then. A newer CONNECT with the same client id supersedes an
- * older one's answer, which is then dropped. 2.0 keeps the synchronous path.
+ * older one's answer, which is then dropped. No answer from policyd: asked
+ * again for a short window, then left without CONNACK (auth_delayed.c says
+ * why). 2.0 keeps the synchronous path.
  */
 #ifndef POLICYD_AUTH_DELAYED_H
 #define POLICYD_AUTH_DELAYED_H
@@ -32,7 +34,9 @@ struct auth_delayed_stats {
 	uint64_t queued;       /* CONNECTs handed to a worker */
 	uint64_t completed;    /* answers handed to the broker */
 	uint64_t superseded;   /* answers dropped: a newer CONNECT with the same client id */
-	uint64_t overflow;     /* refused at once: too many CONNECTs waiting */
+	uint64_t overflow;     /* refused at once (retryable): too many CONNECTs waiting */
+	uint64_t retried;      /* asks repeated after no answer */
+	uint64_t unanswered;   /* left without CONNACK: no answer within the retry window */
 };
 
 /* NULL with *errmsg set on failure. */
@@ -42,7 +46,9 @@ struct auth_delayed *auth_delayed_create(const struct policy_client_options *opt
 void auth_delayed_destroy(struct auth_delayed *ad);
 
 /* From BASIC_AUTH (main thread), with a request auth.c checked and filled.
- * MOSQ_ERR_AUTH_DELAYED when queued; MOSQ_ERR_AUTH when it cannot be. */
+ * MOSQ_ERR_AUTH_DELAYED when queued; MOSQ_ERR_AUTH for a request that can
+ * never be asked (no client id, oversized certificate); a retryable refusal
+ * when every slot is taken. */
 int auth_delayed_begin(struct auth_delayed *ad, struct mosquitto *client, const struct policy_auth_request *req);
 
 /* From the TICK (main thread): completes every answered CONNECT. */

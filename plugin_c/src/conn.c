@@ -60,6 +60,7 @@ struct conn_table *conn_table_create(void)
 static void conn_free(struct conn *c)
 {
 	mosquitto_free(c->client_id);
+	mosquitto_free(c->identity);
 	mosquitto_free(c->der);
 	mosquitto_free(c);
 }
@@ -184,6 +185,33 @@ struct conn *conn_find(struct conn_table *t, const struct mosquitto *client)
 		return NULL;
 	}
 	return *p;
+}
+
+
+bool conn_set_authenticated(struct conn *c, const char *identity, bool by_password)
+{
+	char *copy = identity != NULL ? mosquitto_strdup(identity) : NULL;
+
+	if(identity != NULL && copy == NULL){
+		return false;
+	}
+	mosquitto_free(c->identity);
+	c->identity = copy;
+	c->authenticated = true;
+	c->password_verified = by_password;
+	return true;
+}
+
+
+struct conn *conn_authenticated_as(struct conn_table *t, const struct mosquitto *client, const char *username)
+{
+	struct conn *c = conn_find(t, client);
+
+	if(c == NULL || c->offline || !c->authenticated || c->identity == NULL || username == NULL
+			|| strcmp(c->identity, username) != 0){
+		return NULL;
+	}
+	return c;
 }
 
 

@@ -10,8 +10,9 @@
  * answers every check the same way. The broker holds the sessions; this
  * table is what lets it disconnect the ones a new policy revokes.
  *
- * A record is created at a client's first uncached check (or when policyd
- * verifies its password at CONNECT). At DISCONNECT it goes offline but stays:
+ * A record is created at a client's first uncached check, or when BASIC_AUTH
+ * accepts it (then it also holds the identity it was accepted with, so a
+ * re-authentication of the same connection needs no call). At DISCONNECT it goes offline but stays:
  * Mosquitto checks the client's will after the TLS session is closed, and the
  * will must be decided with the certificate the client connected with (a
  * revoked or quarantined device's will is refused like its publishes).
@@ -39,6 +40,8 @@ struct conn {
 	char *client_id;                      /* for kicks by client id */
 	bool has_username;
 	bool password_verified;               /* policyd verified its password at CONNECT */
+	bool authenticated;                   /* this plugin accepted its CONNECT (BASIC_AUTH) */
+	char *identity;                       /* the username it was accepted with, or NULL */
 	bool has_certificate;
 	bool doomed;                          /* refused: disconnected at the next TICK, every check denied */
 	bool offline;                         /* DISCONNECT seen; kept for its will */
@@ -85,6 +88,12 @@ struct conn *conn_track(struct conn_table *t, const struct mosquitto *client, vo
 void conn_set_offline(struct conn_table *t, const struct mosquitto *client, int64_t now_ms);
 /* TICK: frees offline records past CONN_OFFLINE_KEEP_MS, or beyond CONN_OFFLINE_MAX. */
 void conn_sweep(struct conn_table *t, int64_t now_ms);
+/* BASIC_AUTH accepted this client as `identity`: a later re-authentication
+ * of the same live connection (a broker SIGHUP re-runs BASIC_AUTH) is
+ * recognised by conn_authenticated_as(). False when out of memory. */
+bool conn_set_authenticated(struct conn *c, const char *identity, bool by_password);
+/* The live record of a connection this plugin accepted as `username`, or NULL. */
+struct conn *conn_authenticated_as(struct conn_table *t, const struct mosquitto *client, const char *username);
 /* The record of this client, or NULL. */
 struct conn *conn_find(struct conn_table *t, const struct mosquitto *client);
 void conn_drop(struct conn_table *t, const struct mosquitto *client);

@@ -226,7 +226,6 @@ static void plugin_free(struct policyd_plugin *plugin)
 	plugin->client = NULL;
 	conn_table_destroy(plugin->conns);
 	plugin->conns = NULL;
-	auth_cleanup(&plugin->auth);
 	config_free(&plugin->config);
 	link_tls_free(&plugin->tls);
 	free(plugin);
@@ -458,7 +457,8 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 
 		auth_delayed_get_stats(plugin->auth_delayed, &ds);
 		plog(MOSQ_LOG_INFO, "delayed CONNECTs: queued=%" PRIu64 " completed=%" PRIu64 " superseded=%" PRIu64
-				" overflow=%" PRIu64, ds.queued, ds.completed, ds.superseded, ds.overflow);
+				" overflow=%" PRIu64 " retried=%" PRIu64 " unanswered=%" PRIu64, ds.queued, ds.completed,
+				ds.superseded, ds.overflow, ds.retried, ds.unanswered);
 	}
 	plugin_free(plugin);
 	return MOSQ_ERR_SUCCESS;

@@ -213,8 +213,6 @@ def connect_in_background(dev: Device) -> "queue.Queue":
 
 
 @pytest.mark.broker(min=V2_1)
-@pytest.mark.xfail(reason="fails since the CONNECT circuit breaker landed on top of delayed basic auth: "
-                   "one of four slow CONNECTs is refused; an open gap (closing note)", strict=False)
 def test_connects_waiting_for_a_slow_policyd_do_not_stall_the_broker(slow_identity):
     # 2.0 asks policyd on its only thread: every other client waits with it. 2.1 returns
     # MOSQ_ERR_AUTH_DELAYED and completes the CONNECT from a TICK when the answer is in.
