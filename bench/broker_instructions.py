@@ -6,9 +6,9 @@ Deterministic where wall-clock figures on a shared machine are not: the broker r
 configuration and accepts the TLS handshakes. One load-generator process (bench/loadgen.c,
 libmosquitto, one poll loop) connects --devices TLS devices and one admin subscriber on
 `/device/#`, sends one warm-up message per device (which fills every cache the broker has, ours
-included), then instrumentation is switched on (`callgrind_control -i on`), each device publishes
---messages messages into its own subtree at the chosen QoS, the admin receives all of them, and
-the counters are dumped (`callgrind_control -d`) and switched off. The load generator runs outside
+included), then instrumentation is switched on (`callgrind_control -i on`), --messages rounds in
+which each device publishes one message into its own subtree at the chosen QoS and the admin
+receives the round before the next starts, and the counters are dumped (`callgrind_control -d`) and switched off. The load generator runs outside
 valgrind and the daemon is a separate process, so neither is in the broker's count; with a warm
 cache the daemon is not asked at all (the plugin's cache TTL is raised for the run: callgrind
 slows the broker ~50×).
@@ -17,7 +17,11 @@ Reported per configuration and QoS: broker instructions (Ir) per delivered messa
 no ACL, and the Ir per message inclusive in `mosquitto_acl_check` (callgrind_annotate
 --inclusive=yes): each message costs two checks, WRITE for the publisher and READ for the admin.
 
-    .venv/bin/python bench/broker_instructions.py [--devices 100] [--messages 50] [--qos 0,1]
+Each configuration runs --runs times (the configurations taking turns); medians are reported, with
+the spread of Ir/msg, because the broker's own work per message still moves by up to ~2 % between
+runs (how its reads and writes fall together), while the acl_check column barely moves.
+
+    .venv/bin/python bench/broker_instructions.py [--devices 100] [--messages 50] [--qos 0,1] [--runs 3]
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import time
 from pathlib import Path
 
 from stack import (CONFIGS, LABELS, Broker, broker_config, build_loadgen, cached_pki, device_names,
-                   loadgen_args, start_daemon)
+                   loadgen_args, median, start_daemon)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from harness import BROKER_USER, broker_env, make_workdir, wait_for  # noqa: E402
@@ -160,6 +164,7 @@ def main() -> int:
     ap.add_argument("--messages", type=int, default=50, help="per device")
     ap.add_argument("--qos", default="0,1")
     ap.add_argument("--only", default=",".join(CONFIGS), help="configurations, comma separated")
+    ap.add_argument("--runs", type=int, default=3, help="runs per configuration, taking turns; medians")
     ap.add_argument("--keep-dumps", type=Path, help="copy each measured phase's callgrind dump here "
                     "(read it with callgrind_annotate --inclusive=yes)")
     args = ap.parse_args()
@@ -170,13 +175,21 @@ def main() -> int:
     print(f"{args.devices} TLS devices × {args.messages} messages, one admin subscriber on /device/#, "
           f"broker under callgrind, measured phase only")
     for qos in (int(q) for q in args.qos.split(",")):
-        rows = [measure(c, qos, pki, devices, args.messages, args.keep_dumps) for c in configs]
+        runs = [[measure(c, qos, pki, devices, args.messages, args.keep_dumps) for c in configs]
+                for _ in range(args.runs)]
+        rows = []
+        for i, config in enumerate(configs):
+            mine = [run[i] for run in runs]
+            ir = [r["ir_per_msg"] for r in mine]
+            rows.append({"config": config, "delivered": min(r["delivered"] for r in mine), "ir_per_msg": median(ir),
+                         "spread": (min(ir), max(ir)), "acl_per_msg": median([r["acl_per_msg"] for r in mine])})
         base = rows[0]["ir_per_msg"]
-        print(f"\nQoS {qos}")
-        print(f"{'configuration':40} {'delivered':>9} {'Ir/msg':>9} {'× none':>7} {'Ir/msg in acl_check':>20}")
+        print(f"\nQoS {qos} (medians of {args.runs} runs; Ir/msg min–max in brackets)")
+        print(f"{'configuration':40} {'delivered':>9} {'Ir/msg':>9} {'× none':>7} {'Ir/msg in acl_check':>20}  runs")
         for r in rows:
             print(f"{LABELS[r['config']]:40} {r['delivered']:9d} {r['ir_per_msg']:9.0f} "
-                  f"{r['ir_per_msg'] / base:7.3f} {r['acl_per_msg']:20.0f}")
+                  f"{r['ir_per_msg'] / base:7.3f} {r['acl_per_msg']:20.0f}  "
+                  f"[{r['spread'][0]:.0f}–{r['spread'][1]:.0f}]")
     return 0
 
 

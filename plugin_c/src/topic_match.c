@@ -51,7 +51,7 @@ static bool is_utf8(const unsigned char *s, size_t len)
 
 /* Some byte of w is NUL, '+' or '#' ('#' | 0x08 == '+', and no other byte
  * but '+' itself becomes '+'), assuming no byte of w has its high bit set. */
-static bool word_has_special(uint64_t w)
+static inline bool word_has_special(uint64_t w)
 {
 	uint64_t wild = (w | (BYTES_01 * 0x08)) ^ (BYTES_01 * '+');
 
@@ -59,44 +59,57 @@ static bool word_has_special(uint64_t w)
 }
 
 
+/* Not only ASCII, or too short for a word: byte by byte. */
+static __attribute__((noinline)) bool is_plain_name_slow(const unsigned char *s, size_t len)
+{
+	size_t i;
+
+	for(i = 0; i < len && s[i] < 0x80; i++){
+		if(s[i] == '+' || s[i] == '#' || s[i] == '\0'){
+			return false;
+		}
+	}
+	/* Everything before i is ASCII, so a UTF-8 sequence cannot start earlier. */
+	return i == len || (memchr(s + i, '+', len - i) == NULL && memchr(s + i, '#', len - i) == NULL
+			&& memchr(s + i, '\0', len - i) == NULL && is_utf8(s + i, len - i));
+}
+
+
 /* No '+', '#' or NUL, and well-formed UTF-8. ASCII, the common case, is
- * checked eight bytes at a time (the last word may overlap the one before):
- * this runs on every cache hit through a scope. */
-static bool is_plain_name(const char *topic, size_t len)
+ * checked a word at a time (the last word may overlap the one before; 4 to 7
+ * bytes are two overlapping halves): this runs on every cache hit through a
+ * scope. */
+static inline bool is_plain_name(const char *topic, size_t len)
 {
 	const unsigned char *s = (const unsigned char *)topic;
 	size_t i;
 	uint64_t w;
+	uint32_t lo, hi;
 
-	if(len >= 8){
-		for(i = 0; ; i += 8){
-			if(i + 8 > len){
-				i = len - 8;
-			}
-			memcpy(&w, s + i, 8);
-			if(w & BYTES_80){
-				break; /* not ASCII: the careful way, from this word on */
-			}
-			if(word_has_special(w)){
-				return false;
-			}
-			if(i + 8 == len){
-				return true;
-			}
+	if(len < 4){
+		return is_plain_name_slow(s, len);
+	}
+	if(len < 8){
+		memcpy(&lo, s, 4);
+		memcpy(&hi, s + len - 4, 4);
+		w = lo | (uint64_t)hi << 32;
+		return (w & BYTES_80) ? is_plain_name_slow(s, len) : !word_has_special(w);
+	}
+	for(i = 0; ; i += 8){
+		if(i + 8 > len){
+			i = len - 8;
 		}
-	}else{
-		for(i = 0; i < len && s[i] < 0x80; i++){
-			if(s[i] == '+' || s[i] == '#' || s[i] == '\0'){
-				return false;
-			}
+		memcpy(&w, s + i, 8);
+		if(w & BYTES_80){
+			return is_plain_name_slow(s + i, len - i); /* all before i is plain ASCII */
 		}
-		if(i == len){
+		if(word_has_special(w)){
+			return false;
+		}
+		if(i + 8 == len){
 			return true;
 		}
 	}
-	/* Everything before i is ASCII, so a UTF-8 sequence cannot start earlier. */
-	return memchr(s + i, '+', len - i) == NULL && memchr(s + i, '#', len - i) == NULL
-			&& memchr(s + i, '\0', len - i) == NULL && is_utf8(s + i, len - i);
 }
 
 
