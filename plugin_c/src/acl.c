@@ -36,6 +36,10 @@
 /* Cache entries a TICK looks at for expiry: a bounded slice of the broker's
  * loop (a visit is a comparison; a free is a few pointer updates). */
 #define SWEEP_VISITS_PER_TICK 1024
+/* After a full pass the next waits this long: expired entries are never
+ * served and the byte budget bounds them, so the sweep only returns memory
+ * early, and walking a small cache at every TICK would cost every message. */
+#define SWEEP_PASS_PAUSE_MS 1000
 /* The broker sends TICK every pass of its loop (about every 100 ms when
  * idle); none for this long while checks arrive means none will come. */
 #define TICK_EXPECTED_WITHIN_MS 5000
@@ -629,5 +633,11 @@ void acl_on_tick(struct policyd_plugin *plugin, int64_t now_ms)
 {
 	plugin->last_tick_ms = now_ms;
 	plugin->tick_missing = false;
+	if(cache_sweep_at_start(plugin->cache) && now_ms < plugin->sweep_resume_ms){
+		return;
+	}
 	(void)cache_sweep(plugin->cache, now_ms - stale_grace_ms(plugin), SWEEP_VISITS_PER_TICK);
+	if(cache_sweep_at_start(plugin->cache)){
+		plugin->sweep_resume_ms = now_ms + SWEEP_PASS_PAUSE_MS;
+	}
 }

@@ -871,3 +871,9 @@ size_t cache_sweep(struct cache *c, int64_t cutoff_ms, size_t max_visits)
 	c->sweep_next = e;
 	return freed;
 }
+
+
+bool cache_sweep_at_start(const struct cache *c)
+{
+	return c == NULL || c->sweep_next == NULL;
+}

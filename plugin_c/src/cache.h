@@ -90,6 +90,8 @@ void cache_flush_generation(struct cache *cache, uint64_t generation);
  * `max_visits` entries from where the previous sweep stopped (round robin
  * over the insertion order). Returns how many were freed. */
 size_t cache_sweep(struct cache *cache, int64_t cutoff_ms, size_t max_visits);
+/* Whether the next sweep starts a new pass from the oldest entry. */
+bool cache_sweep_at_start(const struct cache *cache);
 
 size_t cache_entries(const struct cache *cache);
 size_t cache_capacity(const struct cache *cache);

@@ -63,6 +63,7 @@ struct policyd_plugin {
 	/* Decision cache, breaker and stats timing: main thread only. */
 	struct cache *cache;
 	uint64_t cache_generation;            /* generation the cache was last flushed to */
+	int64_t sweep_resume_ms;              /* no new sweep pass before this (acl.c) */
 	struct breaker breaker;
 	int64_t stats_next_ms;                /* next periodic stats line/report */
 	/* TICK watchdog (acl.c): Mosquitto 2.0 with per_listener_settings true

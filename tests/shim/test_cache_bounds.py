@@ -68,6 +68,26 @@ def test_tick_sweeps_expired_entries_in_slices(make_daemon, make_shim):
     assert stats["entries"] == 0, stats
 
 
+def test_after_a_full_pass_the_sweep_pauses_then_resumes(make_daemon, make_shim):
+    """A pass over a small cache at every TICK would cost every message; a second later it runs."""
+    shim = make_shim(make_daemon("--cache-ttl-ms", "200"))
+    dev = shim.client("c1", "Device123")
+    _deny_many(shim, dev, 20, 10)
+    time.sleep(0.25)
+    shim.tick()                                  # one pass frees them all, then pauses
+    _deny_many(shim, dev, 20, 10, prefix="/device/Again")
+    time.sleep(0.25)
+    shim.tick()                                  # paused: still there (never served: expired)
+    assert shim.close()["entries"] == 20
+    shim = make_shim(make_daemon("--cache-ttl-ms", "200"))
+    dev = shim.client("c1", "Device123")
+    shim.tick()
+    _deny_many(shim, dev, 20, 10)
+    time.sleep(1.1)
+    shim.tick()                                  # the pause is over
+    assert shim.close()["entries"] == 0
+
+
 def test_stale_answers_have_a_maximum_age(make_daemon, make_shim):
     daemon = make_daemon("--cache-ttl-ms", "100")
     shim = make_shim(daemon, on_error="stale", stale_max_age_s=1)
