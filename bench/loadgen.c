@@ -18,6 +18,11 @@
  *          publishes one QoS 1 message to /device/<cn>/t once the SUBACK
  *          is in, and waits for it to come back. Prints the wall time and
  *          per-device times from start to CONNACK and to the echo.
+ *   hold:  every device connects (in batches) and publishes one QoS 1
+ *          message (so the broker's ACL has seen it), then "READY"; on a
+ *          line on stdin the clock starts and it waits, never reconnecting,
+ *          until the broker has disconnected every device: "KICKED <n>
+ *          <p50 seconds> <last seconds>" (times from that line).
  *
  * Built by the bench scripts into .bench/ (ignored), never shipped.
  */
@@ -42,6 +47,8 @@ struct client {
 	bool subscribed;
 	bool echoed;
 	bool failed;
+	bool gone;                 /* hold: disconnected by the broker, never reconnected */
+	double t_gone;
 	int acked;                 /* PUBACKs (QoS 1) or sends (QoS 0) done */
 	double t_connack, t_echo;  /* seconds since the storm started */
 	double t_sub, t_suback, t_pub, t_puback;
@@ -170,6 +177,19 @@ static void on_publish(struct mosquitto *mosq, void *obj, int mid, int rc, const
 	if(!c->t_puback) c->t_puback = now_s();
 }
 
+static void on_disconnect(struct mosquitto *mosq, void *obj, int rc, const mosquitto_property *props)
+{
+	struct client *c = obj;
+	(void)mosq; (void)rc; (void)props;
+
+	if(strcmp(opt.mode, "hold") != 0 || c->gone || !c->connected){
+		return;   /* flood and storm disconnect only at their end; a failed connect is retried */
+	}
+	c->connected = false;
+	c->gone = true;
+	c->t_gone = now_s() - t_start;
+}
+
 static void client_init(struct client *c, int index, const char *cn)
 {
 	c->index = index;
@@ -186,6 +206,7 @@ static void client_init(struct client *c, int index, const char *cn)
 	mosquitto_subscribe_callback_set(c->mosq, on_subscribe);
 	mosquitto_message_callback_set(c->mosq, on_message);
 	mosquitto_publish_v5_callback_set(c->mosq, on_publish);
+	mosquitto_disconnect_v5_callback_set(c->mosq, on_disconnect);
 }
 
 static void client_connect(struct client *c)
@@ -246,7 +267,7 @@ static void pump(struct pollfd *fds, int timeout_ms)
 			/* A handshake that waits for nothing we poll for is driven once a second; a
 			 * connection the broker's full accept queue refused is tried again, as a device
 			 * would (counted and reported). */
-			if(mosquitto_socket(clients[i].mosq) < 0 && !clients[i].connected){
+			if(mosquitto_socket(clients[i].mosq) < 0 && !clients[i].connected && !clients[i].gone){
 				retries++;
 				mosquitto_reconnect_async(clients[i].mosq);
 			}else if(!handshake_done(&clients[i])){
@@ -364,6 +385,43 @@ static int run_flood(struct pollfd *fds)
 	return 0;
 }
 
+static bool is_acked(const struct client *c) { return c->acked >= 1; }
+static bool is_gone(const struct client *c) { return c->gone; }
+static bool all_acked(void) { return count_where(is_acked) == client_count; }
+static bool all_gone(void) { return count_where(is_gone) == client_count; }
+
+static int run_hold(struct pollfd *fds)
+{
+	int i, batch, connecting = 0;
+	double *gone;
+
+	/* Batches keep the broker's accept queue from overflowing at 10,000 clients. */
+	for(batch = 0; batch < client_count; batch += 250){
+		for(i = batch; i < client_count && i < batch + 250; i++) client_connect(&clients[i]);
+		connecting = i;
+		while(count_where(is_connected) < connecting - 25){
+			if(failures) die("connect", "a client was refused (see above)");
+			pump(fds, 20);
+		}
+	}
+	pump_until(fds, all_connected, "connect");
+	for(i = 0; i < client_count; i++) publish_own(&clients[i], 1);
+	pump_until(fds, all_acked, "one check each");
+	printf("READY\n");
+	fflush(stdout);
+	wait_line();
+	t_start = now_s();
+	pump_until(fds, all_gone, "kicks");
+	gone = calloc((size_t)client_count, sizeof(double));
+	if(!gone) die("calloc", "hold");
+	for(i = 0; i < client_count; i++) gone[i] = clients[i].t_gone;
+	qsort(gone, (size_t)client_count, sizeof(double), cmp_double);
+	printf("KICKED %d %.6f %.6f\n", client_count, percentile(gone, client_count, 0.5), gone[client_count - 1]);
+	fflush(stdout);
+	free(gone);
+	return 0;
+}
+
 static int run_storm(struct pollfd *fds)
 {
 	int i;
@@ -407,7 +465,7 @@ static int run_storm(struct pollfd *fds)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: loadgen --port P --cafile CA --certdir DIR [--mode flood|storm] [--devices N]\n"
+	fprintf(stderr, "usage: loadgen --port P --cafile CA --certdir DIR [--mode flood|storm|hold] [--devices N]\n"
 	                "               [--first K] [--prefix Device] [--messages M] [--qos 0|1] [--timeout S]\n");
 	exit(2);
 }
@@ -434,7 +492,7 @@ int main(int argc, char **argv)
 		else usage();
 	}
 	if(i != argc || !opt.port || !opt.cafile || !opt.certdir || opt.devices < 1) usage();
-	if(strcmp(opt.mode, "flood") && strcmp(opt.mode, "storm")) usage();
+	if(strcmp(opt.mode, "flood") && strcmp(opt.mode, "storm") && strcmp(opt.mode, "hold")) usage();
 
 	mosquitto_lib_init();
 	client_count = opt.devices + (strcmp(opt.mode, "flood") == 0 ? 1 : 0);
@@ -447,7 +505,9 @@ int main(int argc, char **argv)
 	}
 	if(client_count > opt.devices) client_init(&clients[opt.devices], opt.devices, "admin");
 
-	rc = strcmp(opt.mode, "storm") == 0 ? run_storm(fds) : run_flood(fds);
+	if(strcmp(opt.mode, "storm") == 0) rc = run_storm(fds);
+	else if(strcmp(opt.mode, "hold") == 0) rc = run_hold(fds);
+	else rc = run_flood(fds);
 	for(i = 0; i < client_count; i++) mosquitto_destroy(clients[i].mosq);
 	mosquitto_lib_cleanup();
 	free(clients);
