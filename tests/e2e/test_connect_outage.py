@@ -23,6 +23,7 @@ from harness import ROOT, Broker, BrokerConfig, Device, PolicyDaemon, broker_ver
 from policyd.identity.passwords import hash_password
 
 from conftest import SEED_RULES
+from test_identity import PasswordClient
 
 sys.path.insert(0, str(ROOT / "bench"))
 from reliability import record  # noqa: E402
@@ -162,30 +163,6 @@ passwords:
 """
 
 
-class PasswordDevice(Device):
-    """A paho client with a username and password, on a TLS listener without client certificates."""
-
-    def __init__(self, broker: Broker, port: int, ca: str):
-        import paho.mqtt.client as mqtt
-
-        super().__init__(broker, "meter7", client_id="meter7")
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="meter7", protocol=mqtt.MQTTv5)
-        self.client.tls_set(ca_certs=ca)
-        self.client.username_pw_set("meter7", PASSWORD)
-        self.client.on_connect = lambda c, u, flags, rc, props: self._connected.put(rc)
-        self.client.on_disconnect = lambda c, u, flags, rc, props: self.disconnects.put(rc)
-        self.client.on_publish = lambda c, u, mid, rc, props: self._ack(mid).put(rc)
-        self.port = port
-
-    def connect(self, timeout: float = 10) -> "PasswordDevice":
-        self.client.connect("127.0.0.1", self.port, keepalive=30)
-        self.client.loop_start()
-        rc = self._connected.get(timeout=timeout)
-        if rc.is_failure:
-            raise ConnectionError(f"CONNACK {rc}")
-        return self
-
-
 def test_broker_sighup_keeps_a_password_client_asked_again_or_during_an_outage(workdir, pki):
     rules = PASSWORD_RULES.format(hash=hash_password(PASSWORD.encode(), iterations=2000))
     daemon = PolicyDaemon(workdir, rules).start()
@@ -198,7 +175,7 @@ def test_broker_sighup_keeps_a_password_client_asked_again_or_during_an_outage(w
         require_certificate false
         use_identity_as_username false""")
     broker = Broker(workdir, pki, daemon, config).start()
-    meter = PasswordDevice(broker, port, str(pki.ca)).connect()
+    meter = PasswordClient(dict(broker=broker, pki=pki, password_port=port), "meter7", PASSWORD).connect()
     try:
         # Daemon up: asked again on the broker's thread (never as a new, delayed CONNECT).
         broker.proc.send_signal(signal.SIGHUP)
@@ -221,4 +198,4 @@ def test_broker_sighup_keeps_a_password_client_asked_again_or_during_an_outage(w
         daemon.stop()
     stats = identity_stats(broker)
     assert stats["reauth_asked"] >= 1 and stats["reauth_kept"] >= 1, stats
-    assert "re-authentication of client 'meter7' kept without an answer from policyd" in broker.log()
+    assert "re-authentication of client 'pw-meter7' kept without an answer from policyd" in broker.log()
