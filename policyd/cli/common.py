@@ -72,8 +72,8 @@ def error(where: str, message: str) -> int:
     return EXIT_ERROR
 
 
-class OutputError(Exception):
-    """A file the command was asked to write could not be written: where, and why."""
+class FileError(Exception):
+    """A file a command was given could not be used: where, and why."""
 
     def __init__(self, where: str, message: str):
         super().__init__(where, message)
@@ -85,6 +85,24 @@ class OutputError(Exception):
     def report(self) -> int:
         print(self, file=sys.stderr)
         return EXIT_ERROR
+
+
+class OutputError(FileError):
+    """A file the command was asked to write could not be written."""
+
+
+class InputError(FileError):
+    """A file the command was asked to read is unreadable or not UTF-8 text."""
+
+
+def read_utf8(path: str) -> str:
+    """A file's text (standard input for `-`); InputError naming the file otherwise."""
+    try:
+        return read_input(path).decode("utf-8")
+    except OSError as exc:
+        raise InputError(path, f"cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"not valid UTF-8 at byte {exc.start}") from None
 
 
 def write_output(path: str, data: bytes, mode: int = 0o600) -> None:

@@ -10,7 +10,7 @@ import sys
 from ..engine.loader import identity_problem
 from ..identity.passwords import (DEFAULT_ITERATIONS, MAX_ITERATIONS, MIN_ITERATIONS, hash_password,
                                   import_password_file)
-from .common import EXIT_NO, OutputError, error, print_problems, write_output
+from .common import EXIT_NO, InputError, OutputError, error, print_problems, read_utf8, write_output
 
 
 def add_subparser(sub) -> None:
@@ -53,12 +53,9 @@ def _read_password() -> str | None:
 def cmd_import_passwd(args: argparse.Namespace) -> int:
     """Exit 0 converted (warnings on stderr), 1 not convertible (nothing written), 2 unreadable."""
     try:
-        with open(args.password_file, "rb") as fh:
-            text = fh.read().decode("utf-8")
-    except OSError as exc:
-        return error(args.password_file, f"cannot read: {exc.strerror or exc}")
-    except UnicodeDecodeError as exc:
-        return error(args.password_file, f"not valid UTF-8 at byte {exc.start}")
+        text = read_utf8(args.password_file)
+    except InputError as exc:
+        return exc.report()
     entries, problems = import_password_file(text, args.password_file)
     print_problems(problems)
     if any(p.severity == "error" for p in problems):

@@ -10,8 +10,8 @@ from ..engine.acl_import import import_acl
 from ..engine.model import MOSQUITTO, ORDERS
 from ..engine.policy_tests import parse_tests, run_tests
 from ..engine.loader import MAX_FILE_BYTES
-from .common import (DEFAULT_ADMIN, EXIT_ERROR, EXIT_NO, EXIT_OK, OutputError, add_format, error, print_json,
-                     print_problems, problem_json, read_input, write_output)
+from .common import (DEFAULT_ADMIN, EXIT_ERROR, EXIT_NO, EXIT_OK, InputError, OutputError, add_format, error, print_json,
+                     print_problems, problem_json, read_input, read_utf8, write_output)
 
 
 def add_subparsers(sub) -> None:
@@ -195,12 +195,9 @@ def cmd_test(args: argparse.Namespace) -> int:
 def cmd_import_acl(args: argparse.Namespace) -> int:
     """Exit 0 converted (warnings on stderr), 1 not convertible (nothing written), 2 unreadable."""
     try:
-        with open(args.aclfile, "rb") as fh:
-            text = fh.read().decode("utf-8")
-    except OSError as exc:
-        return error(args.aclfile, f"cannot read: {exc.strerror or exc}")
-    except UnicodeDecodeError as exc:
-        return error(args.aclfile, f"not valid UTF-8 at byte {exc.start}")
+        text = read_utf8(args.aclfile)
+    except InputError as exc:
+        return exc.report()
     show = args.progress if args.progress is not None else sys.stderr.isatty()
     progress = (lambda done, total: print(f"{args.aclfile}: {done}/{total} lines read", file=sys.stderr,
                                           flush=True)) if show else None
