@@ -89,3 +89,14 @@ def test_cli_writes_the_section_0600_and_exit_codes(tmp_path):
     proc = run("import-passwd", str(pwfile))
     assert proc.returncode == 1 and "also on line 1" in proc.stderr and proc.stdout == ""
     assert run("import-passwd", str(tmp_path / "missing")).returncode == 2
+
+
+@pytest.mark.parametrize("command", ["import-passwd", "import-acl"])
+def test_cli_names_an_unreadable_or_non_utf8_input(tmp_path, command):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "policyd", *a], capture_output=True, text=True)
+    latin1 = tmp_path / "latin1"
+    latin1.write_bytes(b"user caf\xe9\n")
+    missing = tmp_path / "missing"
+    bad, absent = run(command, str(latin1)), run(command, str(missing))
+    assert bad.returncode == 2 and f"{latin1}: error: not valid UTF-8 at byte 8" in bad.stderr
+    assert absent.returncode == 2 and f"{missing}: error: cannot read:" in absent.stderr
