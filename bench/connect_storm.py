@@ -3,7 +3,7 @@
 
 One real TLS broker with the plugin in identity mode (`policyd_identity cert`), pointed at a
 proxy in front of a real `policyd serve` that holds every Authenticate answer for --delay-ms
-(tests/harness.py: SlowAuthProxy). A probe client, connected before the storm, publishes QoS 1
+(tests/harness.py: DelayProxy). A probe client, connected before the storm, publishes QoS 1
 back to back; then --clients devices connect at once. Reported: the probe's publish round trips
 during the storm (median, max: the broker's stall), how long the storm took to be admitted, and
 the same round trips with no storm. POLICYD_BROKER picks the broker, as in the tests:
@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from harness import (  # noqa: E402
     Broker,
     BrokerConfig,
+    DelayProxy,
     Device,
     Pki,
     PolicyDaemon,
-    SlowAuthProxy,
     broker_version,
     make_workdir,
 )
@@ -54,7 +54,7 @@ def probe_rtts(probe: Device, seconds: float) -> list[float]:
     return rtts
 
 
-def storm(broker: Broker, proxy: SlowAuthProxy, probe: Device, clients: int, delay_s: float) -> dict:
+def storm(broker: Broker, proxy: DelayProxy, probe: Device, clients: int, delay_s: float) -> dict:
     devices = [Device(broker, f"Storm{i}", client_id=f"storm-{i}") for i in range(clients)]
     done: list[float] = []
     proxy.delay = delay_s
@@ -89,7 +89,7 @@ def main() -> int:
     for i in range(args.clients):
         pki.device(f"Storm{i}")
     daemon = PolicyDaemon(work, RULES.format(ca=pki.ca)).start()
-    proxy = SlowAuthProxy(work / "proxy.sock", daemon.address)
+    proxy = DelayProxy(work / "proxy.sock", daemon.address)
     broker = Broker(work, pki, SimpleNamespace(address=proxy.address), BrokerConfig(
         use_identity_as_username=False,
         extra="auth_opt_policyd_identity cert\nauth_opt_policyd_timeout_ms 5000")).start()

@@ -360,45 +360,45 @@ class Device:
         self.client.loop_stop()
 
 
-class SlowAuthProxy:
-    """A raw-bytes gRPC proxy in front of a real daemon that holds every Authenticate answer for
-    `delay` seconds (CheckAcl, Watch and ReportStats pass straight through): a slow daemon at
-    CONNECT, for identity mode. `address` is what the broker's plugin is pointed at."""
+class DelayProxy:
+    """A raw-bytes gRPC proxy in front of a real daemon that holds every answer of one method
+    (`slow_method`: Authenticate, a slow daemon at CONNECT; or CheckAcl) for `delay` seconds; the
+    other methods pass straight through. `address` is what the broker's plugin is pointed at."""
 
-    def __init__(self, sock_path: Path, upstream: str, delay: float = 0.0):
+    METHODS = ("CheckAcl", "ReportStats", "Authenticate")
+
+    def __init__(self, sock_path: Path, upstream: str, delay: float = 0.0, slow_method: str = "Authenticate"):
         from concurrent import futures
 
         import grpc
 
         self.delay = delay
-        self.next_delays: list[float] = []  # for the next Authenticate calls, in order, then `delay`
+        self.next_delays: list[float] = []  # for the next slow calls, in order, then `delay`
         self.lock = threading.Lock()
         self.channel = grpc.insecure_channel(upstream)
         ident = lambda b: b  # noqa: E731 (bytes in, bytes out)
         unary = {name: self.channel.unary_unary(f"/policyd.v1.Policy/{name}", request_serializer=ident,
                                                 response_deserializer=ident)
-                 for name in ("CheckAcl", "ReportStats", "Authenticate")}
+                 for name in self.METHODS}
         watch = self.channel.unary_stream("/policyd.v1.Policy/Watch", request_serializer=ident,
                                           response_deserializer=ident)
 
-        def authenticate(request, context):
+        def held(request, context):
             with self.lock:
                 delay = self.next_delays.pop(0) if self.next_delays else self.delay
             time.sleep(delay)
-            return unary["Authenticate"](request, timeout=30)
+            return unary[slow_method](request, timeout=30)
 
         def passthrough(name):
             return grpc.unary_unary_rpc_method_handler(lambda req, ctx: unary[name](req, timeout=30),
                                                        request_deserializer=ident, response_serializer=ident)
 
-        handler = grpc.method_handlers_generic_handler("policyd.v1.Policy", {
-            "CheckAcl": passthrough("CheckAcl"),
-            "ReportStats": passthrough("ReportStats"),
-            "Authenticate": grpc.unary_unary_rpc_method_handler(authenticate, request_deserializer=ident,
-                                                                response_serializer=ident),
-            "Watch": grpc.unary_stream_rpc_method_handler(lambda req, ctx: iter(watch(req)),
-                                                          request_deserializer=ident, response_serializer=ident),
-        })
+        handlers = {name: passthrough(name) for name in self.METHODS}
+        handlers[slow_method] = grpc.unary_unary_rpc_method_handler(held, request_deserializer=ident,
+                                                                    response_serializer=ident)
+        handlers["Watch"] = grpc.unary_stream_rpc_method_handler(lambda req, ctx: iter(watch(req)),
+                                                                 request_deserializer=ident, response_serializer=ident)
+        handler = grpc.method_handlers_generic_handler("policyd.v1.Policy", handlers)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), handlers=[handler])
         self.server.add_insecure_port(f"unix:{sock_path}")
         self.server.start()

@@ -178,14 +178,14 @@ def slow_identity(workdir, pki):
     """Identity mode behind a proxy that can hold Authenticate answers; a revoked certificate."""
     from types import SimpleNamespace
 
-    from harness import SlowAuthProxy
+    from harness import DelayProxy
     from test_identity import Issuer, cn
 
     sub = workdir / "slowid"
     sub.mkdir(mode=0o755)
     _, revoked_cert, revoked_key = Issuer(pki.dir).issue("Revoked", cn("Revoked"), serial=0x5EC0DE)
     daemon = PolicyDaemon(sub, IDENTITY_RULES.format(ca=pki.ca, revoked=0x5EC0DE)).start()
-    proxy = SlowAuthProxy(sub / "proxy.sock", daemon.address)
+    proxy = DelayProxy(sub / "proxy.sock", daemon.address)
     broker = Broker(sub, pki, SimpleNamespace(address=proxy.address), BrokerConfig(
         use_identity_as_username=False,
         extra="auth_opt_policyd_identity cert\nauth_opt_policyd_timeout_ms 5000")).start()

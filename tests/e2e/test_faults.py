@@ -25,12 +25,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from concurrent import futures
 from types import SimpleNamespace
 
-import grpc
 import pytest
-from harness import BROKER_USER, ROOT, Broker, BrokerConfig, Device, PolicyDaemon, free_port, run_policyd, wait_for
+from harness import (BROKER_USER, ROOT, Broker, BrokerConfig, DelayProxy, Device, PolicyDaemon, free_port, run_policyd,
+                     wait_for)
 
 sys.path.insert(0, str(ROOT / "bench"))
 from reliability import record  # noqa: E402
@@ -323,41 +322,11 @@ def test_unix_socket_deleted_under_load(stack):
 
 # --- a slow daemon -------------------------------------------------------------
 
-class DelayProxy:
-    """A raw-bytes gRPC proxy in front of the real daemon that can delay every CheckAcl answer."""
-
-    def __init__(self, sock_path, upstream: str):
-        self.delay = 0.0
-        self.channel = grpc.insecure_channel(upstream)
-        check = self.channel.unary_unary("/policyd.v1.Policy/CheckAcl")
-        watch = self.channel.unary_stream("/policyd.v1.Policy/Watch")
-        stats = self.channel.unary_unary("/policyd.v1.Policy/ReportStats")
-
-        def delayed_check(request, context):
-            time.sleep(self.delay)
-            return check(request, timeout=5)
-
-        handler = grpc.method_handlers_generic_handler("policyd.v1.Policy", {
-            "CheckAcl": grpc.unary_unary_rpc_method_handler(delayed_check),
-            "Watch": grpc.unary_stream_rpc_method_handler(lambda req, ctx: iter(watch(req))),
-            "ReportStats": grpc.unary_unary_rpc_method_handler(lambda req, ctx: stats(req, timeout=5)),
-        })
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), handlers=[handler])
-        self.server.add_insecure_port(f"unix:{sock_path}")
-        self.server.start()
-        os.chmod(sock_path, 0o666)   # the broker runs as `mosquitto`
-        self.address = f"unix:{sock_path}"
-
-    def stop(self) -> None:
-        self.server.stop(0)
-        self.channel.close()
-
-
 def test_daemon_slower_than_the_deadline_under_load(workdir, pki):
     sub = workdir / "slow"
     sub.mkdir(mode=0o755)
     daemon = PolicyDaemon(sub, RULES, "--cache-ttl-ms", str(CACHE_TTL_MS)).start()
-    proxy = DelayProxy(sub / "proxy.sock", daemon.address)
+    proxy = DelayProxy(sub / "proxy.sock", daemon.address, slow_method="CheckAcl")
     broker = Broker(sub, pki, SimpleNamespace(address=proxy.address), BrokerConfig()).start()
     try:
         def slow():
