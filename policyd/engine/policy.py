@@ -275,6 +275,9 @@ class CompiledPolicy:
     reader: str = field(default="yaml", compare=False)  # PolicySpec.reader: how the users were read
     order: str = DENY_FIRST
     anonymous_patterns: RuleSet = EMPTY  # order mosquitto: the patterns without %u
+    # Identities revoked as devices (policyd.fleet: `policyd device revoke`): besides the deny
+    # of every topic, their connections are refused (Authenticate) and ended (CheckAcl).
+    revoked_identities: frozenset[str] = frozenset()
     # Not copied by with_generation (init=False): each published object retires on its own.
     lifecycle: _Lifecycle = field(default_factory=_Lifecycle, init=False, compare=False, repr=False)
 
@@ -336,9 +339,10 @@ class CompiledPolicy:
 
     def with_users(self, entries: Mapping[str, Optional[tuple[RuleSpec, ...]]],
                    sources: Mapping[str, Optional[str]], superusers: Optional[frozenset[str]] = None,
-                   ) -> "CompiledPolicy":
+                   revoked_identities: Optional[frozenset[str]] = None) -> "CompiledPolicy":
         """A copy where each name of `entries` has those rules of its own (None: no entry),
-        with `sources` as its block text, and `superusers` (None: the same ones).
+        with `sources` as its block text, and `superusers` and `revoked_identities` (None: the
+        same ones).
 
         One device changed in a policy of 100,000: the other identities keep their specs
         and compiled sets (the tables are copied, never shared, so retiring either policy
@@ -360,8 +364,11 @@ class CompiledPolicy:
                 user_sources[name] = text
         users = UserRuleSets(specs, dict(self.users.group_rules))
         users.compiled.update(compiled)
-        return dataclasses.replace(self, users=users, user_sources=user_sources, rule_count=rule_count,
-                                   superusers=self.superusers if superusers is None else frozenset(superusers))
+        return dataclasses.replace(
+            self, users=users, user_sources=user_sources, rule_count=rule_count,
+            superusers=self.superusers if superusers is None else frozenset(superusers),
+            revoked_identities=(self.revoked_identities if revoked_identities is None
+                                else frozenset(revoked_identities)))
 
     def decide(self, request: Request) -> Decision:
         decision = _evaluate(self, request, None)

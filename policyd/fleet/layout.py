@@ -183,7 +183,8 @@ def overlay(policy: CompiledPolicy, base: BaseUsers, entries: Mapping[str, Devic
         rules[name], sources[name] = base.rules.get(name), base.sources.get(name)
     revoked = {name for name, e in entries.items() if e.revoked is not None}
     restored = {name for name in rules if name not in revoked and name in base.superusers}
-    return policy.with_users(rules, sources, (policy.superusers | restored) - revoked)
+    return policy.with_users(rules, sources, (policy.superusers | restored) - revoked,
+                             (policy.revoked_identities - rules.keys()) | revoked)
 
 
 def _ref(key: str) -> SourceRef:

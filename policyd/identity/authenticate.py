@@ -14,6 +14,7 @@ from ..server.ratelimit import RateLimitedLog
 from ..v1 import policy_pb2 as pb
 from .certificate import Refused, identify
 from .passwords import verify
+from .verify import revoked_identity
 
 log = logging.getLogger("policyd.identity")
 
@@ -30,6 +31,7 @@ class Authenticator:
             if not request.certificate_der and request.has_password:
                 return self._password_client(request, policy, peer)
             ident = identify(request.certificate_der, policy.identity)
+            _check_not_revoked(policy, ident.username)
             _check_client_id(policy, ident.username, request.client_id)
         except Refused as refused:
             self.counters.add(f"auth.deny.{refused.kind}")
@@ -57,6 +59,7 @@ class Authenticator:
             username = ""  # no rules name can match; still hashed, like any unknown user
         if not verify(policy.identity.passwords, username, request.password):
             raise Refused("password", "unknown username or wrong password")  # the same for both
+        _check_not_revoked(policy, username)
         _check_client_id(policy, username, request.client_id)
         self.counters.add("auth.allow")
         log.debug("CONNECT accepted: client %s from %s is %r (password)", _escaped(request.client_id),
@@ -72,6 +75,12 @@ def password_kicks(old, new) -> frozenset[str]:
     it holds: the Watch stream sends it the revocation list.)"""
     before, after = old.identity.passwords, new.identity.passwords
     return frozenset(name for name, stored in before.items() if after.get(name) != stored)
+
+
+def _check_not_revoked(policy, username: str) -> None:
+    refusal = revoked_identity(policy, username)
+    if refusal is not None:
+        raise refusal
 
 
 def _check_client_id(policy, username: str, client_id: bytes) -> None:

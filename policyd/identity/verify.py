@@ -28,9 +28,22 @@ class CheckedClient:
 NO_CERTIFICATE = CheckedClient({})
 
 
+def revoked_identity(policy, username: str) -> Optional[Refused]:
+    """Why an identity revoked as a device may not be connected at all, or None."""
+    if username in policy.revoked_identities:
+        return Refused("revoked-device", "the identity is revoked (policyd device revoke)")
+    return None
+
+
 def checked_client(request: pb.CheckAclRequest, policy) -> CheckedClient:
     """The client behind a CheckAcl request, as far as the request proves it."""
     provenance = request.provenance
+    # A live connection of a revoked device (the broker let it CONNECT: no CONNECT hook with
+    # use_identity_as_username) ends at its first check. Not a retained message's publisher.
+    if policy.revoked_identities and request.has_username and provenance != pb.PROVENANCE_UNKNOWN:
+        refusal = revoked_identity(policy, request.username.decode("utf-8", "replace"))
+        if refusal is not None:
+            return CheckedClient({}, refusal)
     if provenance == pb.PROVENANCE_CERTIFICATE:
         return _certificate_client(request, policy)
     if provenance == pb.PROVENANCE_PASSWORD:

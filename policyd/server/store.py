@@ -50,6 +50,7 @@ class PolicySwap:
     kicks: frozenset[str]
     previous: int = 0  # the generation it replaced
     digest: bytes = field(default=b"", compare=False)  # the new policy's content (PolicyStore.digest), not saved
+    previous_digest: bytes = field(default=b"", compare=False)  # the replaced policy's, not saved
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,7 @@ class PolicyStore:
                      self.rules_file, policy.identity_count, policy.rule_count, policy.source_sha256[:12],
                      policy.reader, swapped_ms, len(kicks), _some(kicks))
             if old is not None:
-                swap = PolicySwap(policy.generation, kicks, old.generation, self.digest(policy))
+                swap = PolicySwap(policy.generation, kicks, old.generation, self.digest(policy), self.digest(old))
                 self._history.append(swap)
                 self._notify(swap)
             self._save_state(data, policy.generation)
@@ -253,7 +254,7 @@ class PolicyStore:
                      policy.generation, trigger, policy.identity_count, policy.rule_count, len(kicks),
                      _some(kicks))
             if old is not None:
-                swap = PolicySwap(policy.generation, kicks, old.generation, self.digest(policy))
+                swap = PolicySwap(policy.generation, kicks, old.generation, self.digest(policy), self.digest(old))
                 self._history.append(swap)
                 self._notify(swap)
                 self._retirement.retire(old)
@@ -352,9 +353,19 @@ class PolicyStore:
         with self._lock:
             generation, missed = self._subscribe(listener, known_generation)
             digest = self.digest(self._policy)
-        if missed is None and known_generation and known_digest and known_digest == digest:
-            missed = frozenset()
+            if missed is None and known_generation and known_digest:
+                missed = frozenset() if known_digest == digest else self._since_content(known_digest)
         return StreamStart(generation, missed, digest)
+
+    def _since_content(self, digest: bytes) -> frozenset[str] | None:
+        """The kicks of every swap since this process last had that content in force (a
+        name that lost access between that policy and the one in force lost it in one of
+        them), or None."""
+        history = list(self._history)
+        for i in range(len(history) - 1, -1, -1):
+            if history[i].previous_digest == digest:
+                return frozenset().union(*(s.kicks for s in history[i:]))
+        return None
 
     def missed_between(self, known_generation: int, generation: int) -> frozenset[str] | None:
         """subscribe()'s None case: ask the policy source, outside the reload lock (it may

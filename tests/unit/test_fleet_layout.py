@@ -62,6 +62,31 @@ def test_revoked_device_is_denied_everything_even_a_superuser_and_reset_restores
     assert allowed(restored, "Alpha", "/device/Alpha/x") and allowed(restored, "root", "/anything")
 
 
+def test_revoked_identities_follow_each_device_change():
+    policy, base = build_policy(BASE, {"Alpha": entry("Alpha", revoked="stolen")}, "base")
+    assert policy.revoked_identities == {"Alpha"}
+    more = overlay(policy, base, {"Beta": entry("Beta", revoked="lost")}, ())
+    assert more.revoked_identities == {"Alpha", "Beta"} and policy.revoked_identities == {"Alpha"}
+    reset = overlay(more, base, {"Alpha": entry("Alpha", [("/a/#", "read")])}, ["Beta"])
+    assert reset.revoked_identities == frozenset()
+    assert reset.with_generation(7).revoked_identities == frozenset()
+
+
+def test_a_revoked_device_is_refused_at_connect_and_its_checks_end_the_connection():
+    from policyd.identity.verify import checked_client
+    from policyd.v1 import policy_pb2 as pb
+
+    policy, base = build_policy(BASE, {"Alpha": entry("Alpha", revoked="stolen")}, "base")
+
+    def check(user, provenance=pb.PROVENANCE_BROKER):
+        return checked_client(pb.CheckAclRequest(has_username=True, username=user.encode(), topic=b"t",
+                                                 access=pb.ACCESS_WRITE, provenance=provenance), policy)
+    assert check("Alpha").refusal.kind == "revoked-device"
+    assert check("Alpha", pb.PROVENANCE_PASSWORD).refusal.kind == "revoked-device"
+    assert check("Alpha", pb.PROVENANCE_UNKNOWN).refusal is None  # a retained message's publisher
+    assert check("Beta").refusal is None
+
+
 def test_retiring_the_old_policy_leaves_the_new_one_whole():
     policy, base = build_policy(BASE, {}, "base")
     assert allowed(policy, "Alpha", "/device/Alpha/x")  # compiled once: the table is shared if copied wrongly

@@ -129,7 +129,18 @@ def test_a_broker_from_another_daemon_with_the_same_file_missed_nothing(store, t
     assert mine.digest and mine.missed is None  # a new broker: nothing asked
     theirs = other.open_stream(lambda s: None, 12345, mine.digest)
     assert theirs.missed == frozenset() and theirs.digest == mine.digest
-    reload(other, NO_A)  # the same broker, but the file changed meanwhile: unprovable
-    assert other.open_stream(lambda s: None, 12345, mine.digest).missed is None
+    reload(other, NO_A)  # the file changed meanwhile: what that change kicked
+    assert other.open_stream(lambda s: None, 12345, mine.digest).missed == frozenset({"A"})
     other.follows = "etcd://x/p"  # a fleet policy: the file digest does not name its device entries
     assert other.open_stream(lambda s: None, 1, b"").digest == b""
+
+
+def test_a_broker_from_before_a_restart_gets_the_kicks_since_the_daemon_had_its_policy(store):
+    before = store.open_stream(lambda s: None)  # what the broker last heard from the old process
+    restarted = PolicyStore(store.rules_file)
+    assert restarted.reload("start").ok
+    reload(restarted, NO_A)
+    reload(restarted, NONE)
+    start = restarted.open_stream(lambda s: None, 12345, before.digest)
+    assert start.missed == frozenset({"A", "B"})
+    assert restarted.open_stream(lambda s: None, 12345, b"\x01" * 32).missed is None
