@@ -71,6 +71,9 @@ def add_subparsers(sub) -> None:
     p.add_argument("--to", type=int, required=True, metavar="REV", dest="to_revision",
                    help="the revision whose policy to publish again (policyd history)")
     p.add_argument("--expect-revision", type=int, metavar="REV", help="refuse if the policy moved past REV")
+    p.add_argument("--max-txn-ops", type=int, default=128, metavar="N",
+                   help="etcd's --max-txn-ops (default 128, etcd's default): a rollback is one transaction, "
+                        "refused when it would need more operations")
     add_etcd_options(p, True)
     p.set_defaults(func=cmd_rollback)
 
@@ -154,7 +157,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     def work(fleet) -> int:
-        revision = fleet.rollback(args.to_revision, args.expect_revision)
+        revision = fleet.rollback(args.to_revision, args.expect_revision, args.max_txn_ops)
         print(f"rolled back to the policy of revision {args.to_revision}: now revision {revision}")
         return 0
     return _run("rollback", args, work)

@@ -21,7 +21,7 @@ from .layout import (CHUNK_BYTES, BasePointer, Keys, base_value, device_value, e
                      read_device)
 
 DEVICE_RETRIES = 5      # device changes are independent: re-read the head and try again
-MAX_TXN_DEVICES = 120   # etcd's default --max-txn-ops is 128
+ETCD_MAX_TXN_OPS = 128  # etcd's default --max-txn-ops: the most operations one transaction may hold
 
 
 class Conflict(Exception):
@@ -159,9 +159,12 @@ class Fleet:
             revision = kv.mod_revision - 1
         return changes
 
-    def rollback(self, to_revision: int, expect_revision: Optional[int]) -> int:
+    def rollback(self, to_revision: int, expect_revision: Optional[int],
+                 max_txn_ops: int = ETCD_MAX_TXN_OPS) -> int:
         """Publish the policy as it was at `to_revision` (its file and device entries) as a
-        new revision. Refused when etcd has compacted that revision."""
+        new revision, in one transaction (daemons must never see part of it: a device revoked
+        at `to_revision` would be allowed in between). Refused when etcd has compacted that
+        revision, or when that transaction would exceed `max_txn_ops` (etcd's --max-txn-ops)."""
         at = self.etcd.range_prefix(self.keys.policy, revision=to_revision)
         values = {kv.key: kv.value for kv in at.kvs}
         if self.keys.base not in values:
@@ -172,21 +175,32 @@ class Fleet:
         if hashlib.sha256(data).hexdigest() != pointer.sha256:
             raise Conflict(f"the file of revision {to_revision} is not complete in etcd any more")
         devices = {k: v for k, v in values.items() if k.startswith(self.keys.devices)}
-        if len(devices) > MAX_TXN_DEVICES:
-            raise Conflict(f"revision {to_revision} has {len(devices)} device entries, more than one etcd "
-                           "transaction takes: push the file you want instead")
         current = self.head_revision()
         now = self.etcd.range_prefix(self.keys.devices)  # unchanged since `current`, or the commit fails
         if expect_revision is not None and expect_revision != current:
             raise Conflict(f"the policy is at revision {current}, not {expect_revision}")
-        self._write_chunks(pointer.sha256, data)
         # etcd refuses a put and a delete of the same key in one transaction: delete only the rest
         stale = [delete(kv.key) for kv in now.kvs if kv.key not in devices]
-        revision = self._commit(current, [put(self.keys.base, values[self.keys.base]), *stale,
-                                          *(put(k, v) for k, v in sorted(devices.items()))],
-                                "rollback", f"to revision {to_revision}", pointer.sha256)
+        ops = [put(self.keys.base, values[self.keys.base]), *stale, *(put(k, v) for k, v in sorted(devices.items()))]
+        if len(ops) + 1 > max_txn_ops:  # + the head
+            raise Conflict(_too_many_ops(to_revision, len(devices), len(stale), len(ops) + 1, max_txn_ops))
+        self._write_chunks(pointer.sha256, data)
+        try:
+            revision = self._commit(current, ops, "rollback", f"to revision {to_revision}", pointer.sha256)
+        except EtcdError as exc:
+            if "too many operations" not in str(exc):
+                raise
+            raise Conflict(_too_many_ops(to_revision, len(devices), len(stale), len(ops) + 1, None)) from None
         self._drop_other_blobs(pointer.sha256)
         return revision
+
+
+def _too_many_ops(to_revision: int, devices: int, stale: int, ops: int, limit: Optional[int]) -> str:
+    said = f"more than {limit}, etcd's --max-txn-ops" if limit else "more than etcd's --max-txn-ops takes"
+    return (f"rolling back to revision {to_revision} is one transaction of {ops} operations ({devices} device "
+            f"entries to restore, {stale} to remove), {said}. Push the file you want instead (device "
+            "entries are then dropped), or raise --max-txn-ops on every etcd member and pass the same "
+            "--max-txn-ops to rollback")
 
 
 __all__ = ["Change", "Conflict", "Fleet", "PolicyLoadError"]

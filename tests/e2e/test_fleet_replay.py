@@ -162,3 +162,26 @@ def test_when_etcd_compacted_the_missed_revisions_every_client_is_disconnected(s
     assert again.publish("/device/Bystander3/t", b"after") == 0
     broker.stop()  # its log reaches the file when it exits
     assert "cannot prove it replayed every kick" in broker.log()
+
+
+def test_a_rollback_too_big_for_one_etcd_transaction_is_refused_and_publishes_nothing(stack):
+    """A rollback must be one transaction (a device revoked at that revision must never be
+    allowed half-way); etcd caps a transaction's operations (--max-txn-ops, 128 by default)."""
+    from policyd.fleet.etcd import Etcd, EtcdSource
+    from policyd.fleet.publish import Fleet
+
+    fleet = Fleet(Etcd(EtcdSource.parse(stack.source)))
+    try:
+        for i in range(130):
+            revision = fleet.device_set(f"Bulk{i:03d}", [("/bulk/%u", "write")])
+    finally:
+        fleet.etcd.close()
+    rules = stack.dir / "rules.yaml"
+    head = revision_of(stack.cli("push", str(rules), "--expect-revision", str(revision)))
+    for extra in ((), ("--max-txn-ops", "1000")):  # our own count, then etcd's own refusal
+        refused = stack.cli("rollback", "--to", str(revision), *extra)
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "nothing published" in refused.stderr and "--max-txn-ops" in refused.stderr
+        assert "130 device entries" in refused.stderr
+    history = stack.cli("history", "--limit", "1")
+    assert history.stdout.split()[0] == str(head)  # nothing was written
