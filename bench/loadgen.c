@@ -14,7 +14,8 @@
  *          every device publishes one message into /device/<cn>/t and the
  *          admin receives the round before the next starts; then
  *          "DONE <delivered> <seconds>". A second stdin line disconnects.
- *   storm: every device connects at once, subscribes to /device/<cn>/#,
+ *   storm: every device connects at once (or, with --pending N, with at most
+ *          N short of their CONNACK at any time), subscribes to /device/<cn>/#,
  *          publishes one QoS 1 message to /device/<cn>/t once the SUBACK
  *          is in, and waits for it to come back. Prints the wall time and
  *          per-device times from start to CONNACK and to the echo.
@@ -43,6 +44,7 @@ struct client {
 	struct mosquitto *mosq;
 	char cn[80];
 	int index;
+	bool started;              /* connect called */
 	bool connected;
 	bool subscribed;
 	bool echoed;
@@ -58,7 +60,8 @@ static struct {
 	const char *host, *cafile, *certdir, *prefix, *mode;
 	int port, devices, first, messages, qos;
 	double timeout_s;
-} opt = {"127.0.0.1", NULL, NULL, "Device", "flood", 0, 100, 1, 50, 0, 600.0};
+	int pending;               /* storm: most connections short of CONNACK at once; 0: all */
+} opt = {"127.0.0.1", NULL, NULL, "Device", "flood", 0, 100, 1, 50, 0, 600.0, 0};
 
 static struct client *clients;   /* devices, then (flood) the admin at [devices] */
 static int client_count;
@@ -212,6 +215,7 @@ static void client_init(struct client *c, int index, const char *cn)
 static void client_connect(struct client *c)
 {
 	int rc = mosquitto_connect_async(c->mosq, opt.host, opt.port, 600);
+	c->started = true;
 	if(rc != MOSQ_ERR_SUCCESS) die("connect", mosquitto_strerror(rc));
 }
 
@@ -267,6 +271,7 @@ static void pump(struct pollfd *fds, int timeout_ms)
 			/* A handshake that waits for nothing we poll for is driven once a second; a
 			 * connection the broker's full accept queue refused is tried again, as a device
 			 * would (counted and reported). */
+			if(!clients[i].started) continue;
 			if(mosquitto_socket(clients[i].mosq) < 0 && !clients[i].connected && !clients[i].gone){
 				retries++;
 				mosquitto_reconnect_async(clients[i].mosq);
@@ -422,14 +427,26 @@ static int run_hold(struct pollfd *fds)
 	return 0;
 }
 
+/* Storm: starts connections while fewer than --pending are short of their
+ * CONNACK (all at once without it); done when every device has its echo. */
+static int storm_started;
+static bool storm_done(void)
+{
+	int connected = opt.pending > 0 ? count_where(is_connected) : 0;
+
+	while(storm_started < client_count && (opt.pending <= 0 || storm_started - connected < opt.pending)){
+		client_connect(&clients[storm_started++]);
+	}
+	return all_echoed();
+}
+
 static int run_storm(struct pollfd *fds)
 {
 	int i;
 	double wall, *connack, *echo, *suback, *puback;
 
 	t_start = now_s();
-	for(i = 0; i < client_count; i++) client_connect(&clients[i]);
-	pump_until(fds, all_echoed, "storm");
+	pump_until(fds, storm_done, "storm");
 	wall = now_s() - t_start;
 	connack = calloc((size_t)client_count, sizeof(double));
 	echo = calloc((size_t)client_count, sizeof(double));
@@ -466,7 +483,8 @@ static int run_storm(struct pollfd *fds)
 static void usage(void)
 {
 	fprintf(stderr, "usage: loadgen --port P --cafile CA --certdir DIR [--mode flood|storm|hold] [--devices N]\n"
-	                "               [--first K] [--prefix Device] [--messages M] [--qos 0|1] [--timeout S]\n");
+	                "               [--first K] [--prefix Device] [--messages M] [--qos 0|1] [--timeout S]\n"
+	                "               [--pending N]\n");
 	exit(2);
 }
 
@@ -489,6 +507,7 @@ int main(int argc, char **argv)
 		else if(!strcmp(k, "--messages")) opt.messages = atoi(v);
 		else if(!strcmp(k, "--qos")) opt.qos = atoi(v);
 		else if(!strcmp(k, "--timeout")) opt.timeout_s = atof(v);
+		else if(!strcmp(k, "--pending")) opt.pending = atoi(v);
 		else usage();
 	}
 	if(i != argc || !opt.port || !opt.cafile || !opt.certdir || opt.devices < 1) usage();

@@ -257,6 +257,39 @@ static int64_t jittered_ttl_ms(int64_t ttl_ms)
 }
 
 
+/* The allows the daemon sent ahead (want_scopes): each is cached as the
+ * scope of an allow for its access, like cache_scope; they contain no asked
+ * topic to check them against. */
+static void remember_scopes_ahead(struct policyd_plugin *plugin, const struct cache_identity *id,
+		const struct policy_check_result *res, int64_t expires_ms)
+{
+	struct cache_answer allow = {.allow = true, .generation = res->generation};
+	size_t i;
+
+	for(i = 0; i < res->n_more; i++){
+		const struct policy_scope_grant *g = &res->more[i];
+		const char *scope = res->more_text + g->offset;
+
+		cache_store(plugin->cache, id, (int)g->access, scope, g->len, scope, g->len, &allow, expires_ms);
+	}
+}
+
+
+/* Whether to ask for the client's other allows with this miss: when the
+ * cache holds nothing of it yet (a new connection's first check), so that a
+ * device's first publish and delivery need no call of their own. */
+static bool want_scopes(struct policyd_plugin *plugin, const struct acl_subject *s)
+{
+	struct cache_identity id;
+
+	if(plugin->config.cache_ttl_s <= 0 || cache_capacity(plugin->cache) == 0){
+		return false;
+	}
+	subject_identity(s, &id);
+	return !cache_knows(plugin->cache, &id);
+}
+
+
 static void remember_answer(struct policyd_plugin *plugin, const struct acl_subject *s,
 		const struct policy_check_result *res, int64_t now_ms)
 {
@@ -274,6 +307,7 @@ static void remember_answer(struct policyd_plugin *plugin, const struct acl_subj
 		return;
 	}
 	subject_identity(s, &id);
+	remember_scopes_ahead(plugin, &id, res, now_ms + jittered_ttl_ms(ttl_ms));
 	/* A scope must at least contain the asked topic; anything else is a
 	 * daemon bug, and the answer is then kept for this topic only. */
 	if(res->cache_scope_len > 0 && s->request.access != POLICY_ACCESS_SUBSCRIBE
@@ -455,6 +489,7 @@ static int ask_daemon(struct policyd_plugin *plugin, struct acl_subject *s, int6
 		return on_rejected(plugin, s, "policyd ended this connection (revoked or refused)");
 	}
 	attach_provenance(plugin, s, c);
+	s->request.want_scopes = want_scopes(plugin, s);
 	policy_client_check(plugin->client, &s->request, &res);
 	s->request.certificate_der = NULL;
 	record_call(plugin, &res);

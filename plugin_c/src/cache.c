@@ -810,6 +810,15 @@ void cache_store(struct cache *c, const struct cache_identity *id, int access,
 }
 
 
+bool cache_knows(struct cache *c, const struct cache_identity *id)
+{
+	if(c == NULL || c->limits.max_entries == 0 || c->count == 0){
+		return false;
+	}
+	return client_of(c, id) != NULL;
+}
+
+
 /* ---------------------------------------------------------- invalidation */
 
 void cache_drop_client(struct cache *c, const struct cache_identity *id)

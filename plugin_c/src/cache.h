@@ -79,6 +79,9 @@ void cache_store(struct cache *cache, const struct cache_identity *id, int acces
 		const char *topic, size_t topic_len, const char *scope, size_t scope_len,
 		const struct cache_answer *answer, int64_t expires_ms);
 
+/* Whether this identity has any entry (of any generation or age). */
+bool cache_knows(struct cache *cache, const struct cache_identity *id);
+
 /* Drops every entry of this identity, and what `owner` was last seen as
  * (MOSQ_EVT_DISCONNECT). */
 void cache_drop_client(struct cache *cache, const struct cache_identity *id);

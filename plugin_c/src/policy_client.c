@@ -178,6 +178,7 @@ static void result_error(struct policy_check_result *result, enum policy_error e
 	result->generation = 0;
 	result->cache_ttl_ms = 0;
 	result->cache_scope_len = 0;
+	result->n_more = 0;
 	result->rule[0] = '\0';
 	copy_bytes(result->detail, sizeof(result->detail), detail, strlen(detail));
 }
@@ -484,6 +485,7 @@ static grpc_byte_buffer *encode_request(const struct policy_check_request *req)
 	}
 	msg.identity_mode = req->identity_by_daemon ? POLICYD__V1__IDENTITY_MODE__IDENTITY_MODE_DAEMON
 			: POLICYD__V1__IDENTITY_MODE__IDENTITY_MODE_BROKER;
+	msg.want_scopes = req->want_scopes;
 
 	return pack_message(&msg.base);
 }
@@ -536,6 +538,30 @@ static enum wait_result call_wait(struct policy_client *client, struct call_ctx 
 
 /* ------------------------------------------------------------- response */
 
+/* Scopes sent ahead that fit; anything odd (another access, empty, too long) is left out. */
+static void apply_more_scopes(const Policyd__V1__CheckAclResponse *resp, struct policy_check_result *result)
+{
+	size_t i, used = 0;
+
+	for(i = 0; i < resp->n_more_scopes && result->n_more < POLICY_MORE_SCOPES_MAX; i++){
+		const Policyd__V1__ScopeGrant *g = resp->more_scopes[i];
+		struct policy_scope_grant *out = &result->more[result->n_more];
+
+		if(g == NULL || (g->access != POLICYD__V1__ACCESS__ACCESS_READ && g->access != POLICYD__V1__ACCESS__ACCESS_WRITE)
+				|| g->scope.len == 0 || g->scope.len > POLICY_SCOPE_MAX
+				|| g->scope.len > sizeof(result->more_text) - used){
+			continue;
+		}
+		memcpy(result->more_text + used, g->scope.data, g->scope.len);
+		out->access = (enum policy_access)g->access;
+		out->offset = (uint16_t)used;
+		out->len = (uint16_t)g->scope.len;
+		used += g->scope.len;
+		result->n_more++;
+	}
+}
+
+
 static void apply_response(const Policyd__V1__CheckAclResponse *resp, struct policy_check_result *result)
 {
 	char detail[48];
@@ -563,6 +589,9 @@ static void apply_response(const Policyd__V1__CheckAclResponse *resp, struct pol
 	if(resp->cache_scope.len > 0 && resp->cache_scope.len <= sizeof(result->cache_scope)){
 		memcpy(result->cache_scope, resp->cache_scope.data, resp->cache_scope.len);
 		result->cache_scope_len = resp->cache_scope.len;
+	}
+	if(!resp->disconnect){
+		apply_more_scopes(resp, result);
 	}
 }
 

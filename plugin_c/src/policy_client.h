@@ -64,12 +64,23 @@ struct policy_check_request {
 	const unsigned char *certificate_der;  /* with POLICY_PROVENANCE_CERTIFICATE */
 	size_t certificate_der_len;
 	bool identity_by_daemon;               /* identity mode: policyd mapped the certificate */
+	bool want_scopes;                      /* ask for the client's other allows (more_scopes) */
 };
 
 #define POLICY_RULE_MAX 128
 /* Longer cache scopes are ignored (the answer is then cached per topic). */
 #define POLICY_SCOPE_MAX 512
 #define POLICY_DETAIL_MAX 160
+/* Scopes sent ahead (more_scopes) kept from one response, and their bytes;
+ * the rest are dropped (they only save calls). */
+#define POLICY_MORE_SCOPES_MAX 16
+#define POLICY_MORE_SCOPES_BYTES 2048
+
+/* An allow under a filter for another access, sent ahead (ScopeGrant). */
+struct policy_scope_grant {
+	enum policy_access access;        /* READ or WRITE */
+	uint16_t offset, len;             /* in more_text; not NUL-terminated */
+};
 
 struct policy_check_result {
 	enum policy_outcome outcome;
@@ -82,6 +93,9 @@ struct policy_check_result {
 	bool disconnect;                  /* the daemon says this connection must end */
 	size_t cache_scope_len;           /* 0: the answer holds for this topic only */
 	char cache_scope[POLICY_SCOPE_MAX]; /* topic filter the answer holds for (not NUL-terminated) */
+	size_t n_more;                    /* scopes sent ahead; none with disconnect */
+	struct policy_scope_grant more[POLICY_MORE_SCOPES_MAX];
+	char more_text[POLICY_MORE_SCOPES_BYTES];
 };
 
 /* Mirrors policyd.v1.ShimStats. */

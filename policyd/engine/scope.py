@@ -24,6 +24,7 @@ and "covers" is not a per-topic property the shim could match.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 from . import topics
@@ -31,6 +32,10 @@ from .model import Access, Decision, Request
 from .policy import CompiledPolicy, CompiledRule, Identity, RuleSet
 
 MATCH_EVERYTHING = "#"
+# A level standing in for `+` and `#` when probing under a rule's filter.
+PROBE_LEVEL = "x"
+# Scopes per access sent ahead (the shim keeps 8 per access and client).
+MORE_SCOPES_MAX = 8
 
 
 def cache_scope(policy: CompiledPolicy, request: Request, decision: Decision) -> Optional[str]:
@@ -100,3 +105,40 @@ def _deny_scope(rule: CompiledRule, earlier: tuple[tuple[RuleSet, ...], ...], id
 
 def _join(levels: tuple[str, ...]) -> str:
     return "/".join(levels)
+
+
+def more_scopes(policy: CompiledPolicy, request: Request, limit: int = MORE_SCOPES_MAX) -> list[tuple[Access, str]]:
+    """Scopes the client's READ and WRITE allows reach, sent ahead of the checks that would find them.
+
+    Nothing is proved here: each is what a check of one topic under an allow rule's filter
+    would get (the engine's decision for that topic, then cache_scope), so a scope sent ahead
+    is exactly one a later miss could have brought. At most `limit` per access, and as many
+    probes as that needs twice over, whatever the number of rules.
+    """
+    ident = Identity.of(request.username, request.clientid)
+    probes: list[tuple[frozenset, str]] = []
+    if ident.username_safe and ident.username in policy.superusers:
+        probes.append((frozenset((Access.READ, Access.WRITE)), PROBE_LEVEL))
+    else:
+        for stage in policy.stages(ident, request.attributes):
+            for rules in stage:
+                for rule in rules.allows:
+                    levels = rule.expand(ident)
+                    if levels is not None and len(probes) < 4 * limit:
+                        probes.append((rule.grants, "/".join(PROBE_LEVEL if level in ("+", MATCH_EVERYTHING)
+                                                             else level for level in levels)))
+    found: list[tuple[Access, str]] = []
+    for access in (Access.READ, Access.WRITE):
+        scopes: list[str] = []
+        for grants, topic in probes:
+            if len(scopes) >= limit:
+                break
+            if access not in grants:
+                continue
+            probe = dataclasses.replace(request, topic=topic, access=access)
+            decision = policy.decide(probe)
+            scope = cache_scope(policy, probe, decision) if decision.allowed else None
+            if scope is not None and scope not in scopes:
+                scopes.append(scope)
+        found += [(access, scope) for scope in scopes]
+    return found

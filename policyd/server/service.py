@@ -11,7 +11,7 @@ import grpc
 
 from .. import __version__
 from ..engine import Access, Problem, Request
-from ..engine.scope import cache_scope
+from ..engine.scope import cache_scope, more_scopes
 from ..identity.authenticate import Authenticator, password_kicks
 from ..identity.verify import checked_client
 from ..v1 import policy_pb2 as pb
@@ -91,7 +91,7 @@ class PolicyService(pb_grpc.PolicyServicer):
             return pb.CheckAclResponse(result=pb.RESULT_DENY, generation=policy.generation, rule="bad-request")
         username = request.username if request.has_username else None
         try:
-            policy, refusal, decision, scope = self._decided(request, username, access)
+            policy, refusal, decision, scope, more = self._decided(request, username, access)
             if refusal is not None:
                 return self._refused(request, access, refusal, policy.generation)
         except Exception:  # never let a bug become an allow, or an unanswered broker
@@ -115,6 +115,7 @@ class PolicyService(pb_grpc.PolicyServicer):
             rule=str(decision.rule) if decision.rule is not None else decision.reason,
             cache_scope=scope if allowed == decision.allowed else b"",
             disconnect=decision.ends_session and not allowed,
+            more_scopes=more if not decision.ends_session else [],
         )
 
     def _refused(self, request: pb.CheckAclRequest, access: Access, refused, generation: int) -> pb.CheckAclResponse:
@@ -129,21 +130,35 @@ class PolicyService(pb_grpc.PolicyServicer):
         return pb.CheckAclResponse(result=pb.RESULT_DENY, generation=generation, rule=rule, disconnect=True)
 
     def _decided(self, request: pb.CheckAclRequest, username, access: Access):
-        """(policy, refusal, decision, cache scope) from a policy that was in force throughout.
+        """(policy, refusal, decision, cache scope, scopes sent ahead) from a policy that was in
+        force throughout.
         A check that raced a reload may hold the policy just retired (server/retire.py): that
         one answers RETIRED, and the question goes to the policy in force instead."""
         for _ in range(RETIRED_RETRIES):
             policy = self.store.current
             client = checked_client(request, policy)
             if client.refusal is not None:
-                return policy, client.refusal, None, b""
+                return policy, client.refusal, None, b"", []
             subject = Request(username, request.client_id, request.topic, access, client.attributes)
             decision = policy.decide(subject)
             scope = self._scope(policy, subject, decision) if decision.allowed or not self.dry_run else b""
-            if not policy.retired:  # read after the scope: it reads the tables too
-                return policy, None, decision, scope
+            more = self._more_scopes(policy, subject) if request.want_scopes else []
+            if not policy.retired:  # read after the scopes: they read the tables too
+                return policy, None, decision, scope, more
         self._errors.warning("retired", "a check kept meeting retired policies: denied")
-        return policy, None, decision, b""
+        return policy, None, decision, b"", []
+
+    def _more_scopes(self, policy, subject: Request) -> list[pb.ScopeGrant]:
+        """The client's allows under filters, for a shim that holds none of its answers yet.
+        None under --dry-run (its answers are not the policy's) or without caching."""
+        if self.cache_ttl_ms <= 0 or self.dry_run:
+            return []
+        try:
+            found = more_scopes(policy, subject)
+        except Exception:  # a missing scope only costs round trips; a wrong one never happens
+            self._errors.exception("scope", "scopes sent ahead failed: none sent")
+            return []
+        return [pb.ScopeGrant(access=int(access), scope=scope.encode("utf-8")) for access, scope in found]
 
     def _scope(self, policy, subject: Request, decision) -> bytes:
         """The filter the answer provably holds for (empty: this topic only)."""

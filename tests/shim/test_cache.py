@@ -36,14 +36,15 @@ def test_scope_covers_a_device_subtree_but_not_a_deny_inside_it(make_daemon, mak
 
 
 def test_scope_is_per_access_and_never_for_subscriptions(make_daemon, make_shim):
-    shim = make_shim(make_daemon())
+    shim = make_shim(make_daemon(rules="patterns:\n  - {topic: /device/%u/#, access: write}\n"))
     dev = shim.client("c9", "Device999")
     assert shim.allowed(dev, WRITE, "/device/Device999/a")
-    assert shim.allowed(dev, READ, "/device/Device999/b")     # different access: a miss
-    assert shim.allowed(dev, SUBSCRIBE, "/device/Device999/#")
-    assert shim.allowed(dev, SUBSCRIBE, "/device/Device999/+")  # filters are cached per filter
+    assert not shim.allowed(dev, READ, "/device/Device999/b")     # different access: a miss
+    assert not shim.allowed(dev, SUBSCRIBE, "/device/Device999/#")
+    assert not shim.allowed(dev, SUBSCRIBE, "/device/Device999/+")  # filters are cached per filter
+    assert shim.allowed(dev, WRITE, "/device/Device999/b")        # the write scope
     stats = shim.close()
-    assert (stats["misses"], stats["hits"]) == (4, 0)
+    assert (stats["misses"], stats["hits"]) == (4, 1)
 
 
 def test_entries_expire_and_hits_do_not_refresh_them(make_daemon, make_shim):
@@ -181,3 +182,23 @@ def test_one_pointer_cycling_through_identities_keeps_each_ones_answers(make_dae
             assert not shim.allowed(stand_in, WRITE, f"/device/{devices[0] if device != devices[0] else devices[1]}/t")
     stats = shim.close()
     assert (stats["misses"], stats["hits"]) == (40, 80)
+
+
+def test_a_first_miss_brings_the_clients_other_allows(make_daemon, make_shim):
+    """A device's first check (its SUBSCRIBE) brings its READ and WRITE scopes: its first publish
+    and first delivery need no call. Only provable ones: a deny cutting into the grant, none."""
+    shim = make_shim(make_daemon())
+    dev = shim.client("c9", "Device999")
+    assert shim.allowed(dev, SUBSCRIBE, "/device/Device999/#")        # miss, scopes sent ahead
+    assert shim.allowed(dev, WRITE, "/device/Device999/t")            # hit
+    assert shim.allowed(dev, READ, "/device/Device999/t/x")           # hit
+    assert not shim.allowed(dev, WRITE, "/device/Device9999/t")       # miss: not under them
+    owner = shim.client("c1", "Device123")                            # /secret is denied inside
+    assert shim.allowed(owner, SUBSCRIBE, "/device/Device123/#")      # miss, nothing provable ahead
+    assert shim.allowed(owner, WRITE, "/device/Device123/t")          # miss
+    assert not shim.allowed(owner, WRITE, "/device/Device123/secret")  # miss, denied
+    admin = shim.client("a1", "admin")
+    assert shim.allowed(admin, SUBSCRIBE, "/device/#")                # miss: superuser, # ahead
+    assert shim.allowed(admin, READ, "/device/Device999/t")           # hit
+    stats = shim.close()
+    assert (stats["misses"], stats["hits"]) == (6, 3)

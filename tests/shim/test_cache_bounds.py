@@ -54,7 +54,8 @@ def test_one_client_churns_only_its_own_entries(make_daemon, make_shim):
     assert not shim.allowed(victim, WRITE, "/device/Other/v2")
     stats = shim.close()
     assert stats["hits"] == 2, stats
-    assert stats["entries"] <= 52, stats
+    # the hostile client's 50, the victim's two denies and the two scopes its first miss brought
+    assert stats["entries"] <= 54, stats
 
 
 def test_tick_sweeps_expired_entries_in_slices(make_daemon, make_shim):

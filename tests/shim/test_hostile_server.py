@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import grpc
 import pytest
 from harness import ROOT, wait_for
-from shimlib import ALLOW, DENIED, WRITE
+from shimlib import ALLOW, DENIED, READ, SUBSCRIBE, WRITE
 
 from policyd.v1 import policy_pb2 as pb
 
@@ -127,3 +127,29 @@ def test_oversized_cache_scope_is_not_used(fake, make_shim):
            test="tests/shim/test_hostile_server.py::test_oversized_cache_scope_is_not_used",
            happened="the answer is used for its own topic only; the scope is ignored, the next topic is asked",
            lost="n/a", denied_delivered=0)
+
+
+def test_scopes_sent_ahead_only_ever_cache_reads_and_writes(fake, make_shim):
+    """Grants for other accesses, empty, oversized, or with a disconnect are never cached."""
+    bad = [pb.ScopeGrant(access=pb.ACCESS_SUBSCRIBE, scope=b"#"), pb.ScopeGrant(access=pb.ACCESS_UNSUBSCRIBE, scope=b"#"),
+           pb.ScopeGrant(access=7, scope=b"#"), pb.ScopeGrant(access=pb.ACCESS_READ, scope=b""),
+           pb.ScopeGrant(access=pb.ACCESS_WRITE, scope=b"x/" + b"y" * 60000)]
+    fake.answer = lambda c: pb.CheckAclResponse(result=pb.RESULT_ALLOW, generation=1, cache_ttl_ms=60000,
+                                                more_scopes=bad).SerializeToString()
+    shim = make_shim(SimpleNamespace(address=fake.address))
+    dev = shim.client("c1", "Device123")
+    assert shim.allowed(dev, WRITE, "/device/Device123/a")
+    fake.answer = lambda c: pb.CheckAclResponse(result=pb.RESULT_DENY, generation=1).SerializeToString()
+    for access, topic in [(SUBSCRIBE, "#"), (READ, "x/" + "y" * 60000), (WRITE, "x/" + "y" * 60000), (READ, "a")]:
+        assert not shim.allowed(dev, access, topic)
+    assert fake.calls == 5
+    other = shim.client("c2", "Device124")
+    fake.answer = lambda c: pb.CheckAclResponse(
+        result=pb.RESULT_DENY, generation=1, cache_ttl_ms=60000, disconnect=True,
+        more_scopes=[pb.ScopeGrant(access=pb.ACCESS_WRITE, scope=b"#")]).SerializeToString()
+    assert not shim.allowed(other, READ, "/device/Device124/a")
+    fake.answer = lambda c: pb.CheckAclResponse(result=pb.RESULT_DENY, generation=1).SerializeToString()
+    same_identity = shim.client("c2", "Device124")    # not the doomed connection: asked, not served '#'
+    assert not shim.allowed(same_identity, WRITE, "/device/Device124/a")
+    assert fake.calls == 7
+    shim.close()

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from policyd.engine import Access, PolicyLoadError, Request, compile_policy, parse_text
 from policyd.engine import topics
-from policyd.engine.scope import cache_scope
+from policyd.engine.scope import cache_scope, more_scopes
 
 USERS = ["u1", "u2", "admin"]
 CLIENTS = ["c1", "c2"]
@@ -138,3 +138,33 @@ def test_mosquitto_order_scopes_respect_the_stages():
     # ...and an own allow holds over its whole filter, pattern denies inside it notwithstanding
     assert scope_of("u1", "x/u1/secret", policy=MOSQUITTO_ORDER) == "x/#"
     assert scope_of("u2", "a/c", policy=MOSQUITTO_ORDER) == "a/#"   # no own rules: the deny's filter
+
+
+@settings(max_examples=1000, deadline=None)
+@given(policies(), requests)
+def test_scopes_sent_ahead_are_never_wrong(policy, request):
+    """Every scope sent ahead is an allow over its whole filter, as the policy decides each topic."""
+    for access, scope in more_scopes(policy, request):
+        assert access in (Access.READ, Access.WRITE)
+        flt = topics.split(scope)
+        for topic in UNIVERSE:
+            if topics.matches(flt, topics.split(topic)):
+                other = policy.decide(Request(request.username, request.clientid, topic, access))
+                assert other.allowed, (scope, access, topic, other)
+
+
+def test_scopes_sent_ahead_for_the_seed():
+    def ahead(user):
+        return sorted((a.name, s) for a, s in more_scopes(SEED, Request(user, "cid", "/device/x/#", Access.SUBSCRIBE)))
+    assert ahead("Device999") == [("READ", "/device/Device999/#"), ("WRITE", "/device/Device999/#")]
+    assert ahead("Device124") == [("READ", "/device/Device124/#"), ("WRITE", "/device/Device124/#")]
+    assert ahead("Device123") == []                  # a deny cuts into its grant: nothing provable
+    assert ahead("admin") == [("READ", "#"), ("WRITE", "#")]
+    assert ahead("a+b") == [] and ahead(None) == []
+
+
+def test_scopes_sent_ahead_are_bounded():
+    many = "users:\n  u1:\n" + "".join(f"    - {{topic: t{i}/#, access: readwrite}}\n" for i in range(500))
+    policy = compile_policy(parse_text(many.encode(), "rules.yaml"))
+    found = more_scopes(policy, Request("u1", "cid", "t0/x", Access.WRITE))
+    assert len(found) == 16 and len({s for _, s in found}) == 8
