@@ -40,6 +40,7 @@
 
 #include "auth.h"
 #include "auth_delayed.h"
+#include "broker_compat.h"
 #include "conn.h"
 #include "plugin_state.h"
 
@@ -276,6 +277,28 @@ static bool auth_reauthenticate(struct policyd_plugin *plugin, const struct mosq
 }
 
 
+/* A re-authentication (the client is registered: broker_compat.h) that is
+ * not of a live connection this plugin accepted. Never a new CONNECT: asked
+ * as one it could answer, or supersede, a CONNECT waiting with the same
+ * client id. An offline session (its record says so) has no connection to
+ * keep or end and is left alone; anything else is refused. */
+static int auth_reauth_other(struct policyd_plugin *plugin, const struct mosquitto_evt_basic_auth *ed,
+		const char *client_id)
+{
+	const struct conn *c = conn_find(plugin->conns, ed->client);
+
+	if(c != NULL && c->offline){
+		plugin->auth.reauth_offline++;
+		return MOSQ_ERR_SUCCESS;
+	}
+	if(ed->username == NULL && plugin->config.identity != IDENTITY_CERT){
+		return MOSQ_ERR_PLUGIN_DEFER; /* anonymous: the broker's allow_anonymous decides, as at CONNECT */
+	}
+	return auth_refuse_local(plugin, client_id, "re-authentication of a connection this plugin did not accept "
+			"with these credentials");
+}
+
+
 int auth_basic_callback(int event, void *event_data, void *userdata)
 {
 	struct policyd_plugin *plugin = userdata;
@@ -286,6 +309,7 @@ int auth_basic_callback(int event, void *event_data, void *userdata)
 	unsigned char *der;
 	size_t der_len;
 	bool has_cert;
+	enum broker_registered registered;
 	int rc;
 
 	(void)event;
@@ -299,9 +323,14 @@ int auth_basic_callback(int event, void *event_data, void *userdata)
 	if(has_cert){
 		SHA256(der, der_len, digest);
 	}
-	if(auth_reauthenticate(plugin, ed, &req, has_cert ? digest : NULL, &rc)){
+	registered = broker_client_registered(ed->client);
+	if(registered != BROKER_REGISTERED_NO && auth_reauthenticate(plugin, ed, &req, has_cert ? digest : NULL, &rc)){
 		OPENSSL_free(der);
 		return rc;
+	}
+	if(registered == BROKER_REGISTERED_YES){
+		OPENSSL_free(der);
+		return auth_reauth_other(plugin, ed, req.client_id);
 	}
 	/* A new CONNECT on this client: nothing verified before carries over. */
 	conn_drop(plugin->conns, ed->client);
@@ -365,9 +394,11 @@ void auth_log_stats(const struct policyd_plugin *plugin)
 	const struct policyd_auth *a = &plugin->auth;
 
 	plog(MOSQ_LOG_INFO, "identity: connects allowed=%" PRIu64 " denied=%" PRIu64 " rejected=%" PRIu64
-			" reauth_known=%" PRIu64 " reauth_asked=%" PRIu64 " reauth_kept=%" PRIu64 " breaker_refused=%" PRIu64
+			" reauth_known=%" PRIu64 " reauth_asked=%" PRIu64 " reauth_kept=%" PRIu64 " reauth_offline=%" PRIu64
+			" breaker_refused=%" PRIu64
 			" errors: unavailable=%" PRIu64 " deadline=%" PRIu64 " status=%" PRIu64 " protocol=%" PRIu64
-			" internal=%" PRIu64, a->allowed, a->denied, a->rejected, a->reauth_known, a->reauth_asked, a->reauth_kept, a->breaker_refused,
+			" internal=%" PRIu64, a->allowed, a->denied, a->rejected, a->reauth_known, a->reauth_asked, a->reauth_kept,
+			a->reauth_offline, a->breaker_refused,
 			a->errors[POLICY_ERR_UNAVAILABLE], a->errors[POLICY_ERR_DEADLINE], a->errors[POLICY_ERR_STATUS],
 			a->errors[POLICY_ERR_PROTOCOL], a->errors[POLICY_ERR_INTERNAL]);
 }

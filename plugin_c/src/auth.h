@@ -24,6 +24,7 @@ struct policyd_auth {
 	uint64_t reauth_known;                /* re-authentications by certificate, answered without asking */
 	uint64_t reauth_asked;                /* password re-authentications policyd confirmed */
 	uint64_t reauth_kept;                 /* password re-authentications kept: no answer came */
+	uint64_t reauth_offline;              /* re-authentications of offline sessions, left alone */
 	struct log_limiter denied_log;
 	struct log_limiter rejected_log;
 	struct log_limiter error_log;

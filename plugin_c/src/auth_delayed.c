@@ -8,14 +8,22 @@
  * No answer (daemon restarting, hung, unreachable): the worker asks again
  * every AUTH_DELAYED_RETRY_MS for up to AUTH_DELAYED_RETRY_WINDOW_MS, so a
  * daemon restart delays a CONNECT instead of refusing it. After that the
- * CONNECT is left unanswered: 2.1 can complete a delayed CONNECT only with
- * success or "not authorized" (final for many device SDKs), while a missing
- * CONNACK makes the client time out and retry.
+ * connection is closed without CONNACK: 2.1 can complete a delayed CONNECT
+ * only with success or "not authorized" (final for many device SDKs). It is
+ * closed, not left waiting: a waiting CONNECT holds its client id (2.1
+ * refuses any other CONNECT with it) and no keepalive runs before CONNACK,
+ * so a peer that vanished, or a hostile one, would hold it for good.
+ *
+ * While it waits, the client's username is a marker naming its job (no
+ * identity yet, and a handle: the broker's kick by username finds a waiting
+ * CONNECT, which nothing else in its API reaches, and a completion is
+ * claimed only by the client carrying its job's marker).
  */
 #include <inttypes.h>
 #include <pthread.h>
 #include <time.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -35,6 +43,9 @@
 #define AUTH_DELAYED_RETRY_WINDOW_MS 2000  /* bridges a daemon restart */
 /* MOSQ_ERR_SERVER_BUSY of 2.1's headers: CONNACK 0x89 to an MQTT 5 client. */
 #define AUTH_RC_SERVER_BUSY 137
+/* U+E000 (private use) first: no identity policyd names starts with it. */
+#define AUTH_MARKER_FMT "\xee\x80\x80policyd waiting %" PRIu64
+#define AUTH_MARKER_LEN 48
 
 enum job_state { JOB_FREE, JOB_QUEUED, JOB_ASKING, JOB_ANSWERED };
 
@@ -52,6 +63,7 @@ struct auth_job {
 	unsigned char *der;
 	size_t der_len;
 	bool has_password;
+	char marker[AUTH_MARKER_LEN];     /* the client's username while it waits */
 	struct policy_auth_result result;
 };
 
@@ -75,10 +87,12 @@ struct auth_delayed {
 	/* Main thread only: the answer being handed to the broker right now. */
 	const char *completing_id;
 	uintptr_t completing_addr;
+	const char *completing_marker;
 	const char *completing_identity;
 	bool completing_by_password;
 	bool completing_claimed;
 	struct log_limiter overflow_log;
+	uint64_t next_marker;
 };
 
 
@@ -308,6 +322,16 @@ static bool job_fill(struct auth_job *job, const struct policy_auth_request *req
 }
 
 
+/* Until policyd names it, the client has no identity: nothing the broker
+ * does for it before the completion may use the username it sent. After
+ * job_fill(): the request's username is the client's, freed here. */
+static bool job_mark(struct auth_delayed *ad, struct auth_job *job, struct mosquitto *client)
+{
+	snprintf(job->marker, sizeof(job->marker), AUTH_MARKER_FMT, ad->next_marker++);
+	return mosquitto_set_username(client, job->marker) == MOSQ_ERR_SUCCESS;
+}
+
+
 int auth_delayed_begin(struct auth_delayed *ad, struct mosquitto *client, const struct policy_auth_request *req)
 {
 	struct auth_job *slot = NULL;
@@ -339,7 +363,7 @@ int auth_delayed_begin(struct auth_delayed *ad, struct mosquitto *client, const 
 			}
 		}
 	}
-	if(slot == NULL || !job_fill(slot, req)){
+	if(slot == NULL || !job_fill(slot, req) || !job_mark(ad, slot, client)){
 		if(slot != NULL){
 			job_clear(slot);
 		}
@@ -361,9 +385,6 @@ int auth_delayed_begin(struct auth_delayed *ad, struct mosquitto *client, const 
 	ad->stats.queued++;
 	pthread_cond_signal(&ad->work);
 	pthread_mutex_unlock(&ad->lock);
-	/* Until policyd names it, the client has no identity: nothing the broker
-	 * does for it before the completion may use the username it sent. */
-	mosquitto_set_username(client, NULL);
 	return MOSQ_ERR_AUTH_DELAYED;
 }
 
@@ -377,7 +398,8 @@ static void auth_delayed_complete(struct policyd_plugin *plugin, struct auth_job
 	int rc = auth_outcome(plugin, job->client_id, &job->result);  /* counts and logs a refusal */
 
 	if(job->result.outcome == POLICY_ERROR){
-		ad->stats.unanswered++;   /* left waiting: see the top */
+		ad->stats.unanswered++;   /* closed without CONNACK: see the top */
+		(void)mosquitto_kick_client_by_username(job->marker, false);
 		return;
 	}
 	if(rc != MOSQ_ERR_SUCCESS){
@@ -386,6 +408,7 @@ static void auth_delayed_complete(struct policyd_plugin *plugin, struct auth_job
 	}
 	ad->completing_id = job->client_id;
 	ad->completing_addr = job->client_addr;
+	ad->completing_marker = job->marker;
 	ad->completing_identity = job->result.username;
 	ad->completing_by_password = job->der == NULL;
 	ad->completing_claimed = false;
@@ -396,6 +419,7 @@ static void auth_delayed_complete(struct policyd_plugin *plugin, struct auth_job
 		plog(MOSQ_LOG_DEBUG, "CONNECT answered after its client had gone");
 	}
 	ad->completing_id = NULL;
+	ad->completing_marker = NULL;
 	ad->completing_identity = NULL;
 }
 
@@ -433,7 +457,7 @@ void auth_delayed_on_tick(struct policyd_plugin *plugin)
 void auth_delayed_claim(struct policyd_plugin *plugin, struct mosquitto *client)
 {
 	struct auth_delayed *ad = plugin->auth_delayed;
-	const char *id;
+	const char *id, *username;
 
 	/* The client that sent this CONNECT, not another one with its id (a
 	 * session it takes over, whose will the broker checks meanwhile). */
@@ -442,7 +466,9 @@ void auth_delayed_claim(struct policyd_plugin *plugin, struct mosquitto *client)
 		return;
 	}
 	id = mosquitto_client_id(client);
-	if(id == NULL || strcmp(id, ad->completing_id) != 0 || mosquitto_client_username(client) != NULL){
+	username = mosquitto_client_username(client);
+	if(id == NULL || strcmp(id, ad->completing_id) != 0 || username == NULL
+			|| strcmp(username, ad->completing_marker) != 0){
 		return;
 	}
 	ad->completing_claimed = true;

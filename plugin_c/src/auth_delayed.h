@@ -8,14 +8,15 @@
  * thread. 2.1 identifies a waiting CONNECT only by its client id and lets a
  * client disconnect (and be freed) while it waits, so the plugin never keeps
  * a client pointer past the callback that gave it: the client's username is
- * cleared at BASIC_AUTH, and the identity is set from inside the completion,
- * on the pointer the broker hands to the first callback it makes for that
- * client (an ACL check of a resumed session's messages, or
- * MOSQ_EVT_CONNECT) — the same client that sent the CONNECT, recognised by
- * its address, which is compared but never dereferenced before then. A newer CONNECT with the same client id supersedes an
- * older one's answer, which is then dropped. No answer from policyd: asked
- * again for a short window, then left without CONNACK (auth_delayed.c says
- * why). 2.0 keeps the synchronous path.
+ * replaced at BASIC_AUTH by a marker naming its job, and the identity is set
+ * from inside the completion, on the pointer the broker hands to the first
+ * callback it makes for that client (an ACL check of a resumed session's
+ * messages, or MOSQ_EVT_CONNECT) — the same client that sent the CONNECT,
+ * recognised by its address and its marker. A newer CONNECT with the same
+ * client id supersedes an older one's answer, which is then dropped. No
+ * answer from policyd: asked again for a short window, then the connection is
+ * closed without CONNACK (auth_delayed.c says why). 2.0 keeps the synchronous
+ * path.
  */
 #ifndef POLICYD_AUTH_DELAYED_H
 #define POLICYD_AUTH_DELAYED_H
@@ -36,7 +37,7 @@ struct auth_delayed_stats {
 	uint64_t superseded;   /* answers dropped: a newer CONNECT with the same client id */
 	uint64_t overflow;     /* refused at once (retryable): too many CONNECTs waiting */
 	uint64_t retried;      /* asks repeated after no answer */
-	uint64_t unanswered;   /* left without CONNACK: no answer within the retry window */
+	uint64_t unanswered;   /* closed without CONNACK: no answer within the retry window */
 };
 
 /* NULL with *errmsg set on failure. */

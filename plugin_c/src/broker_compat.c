@@ -18,6 +18,8 @@ typedef int (*plugin_set_info_fn)(mosquitto_plugin_id_t *, const char *, const c
 
 static plugin_set_info_fn set_info_fn;
 static broker_complete_basic_auth_fn complete_basic_auth_fn;
+typedef struct mosquitto *(*client_by_id_fn)(const char *);
+static client_by_id_fn client_by_id;
 
 /* MOSQ_EVT_TICK's data as 2.1 lays it out. The slot 2.0's header calls
  * next_ns is 2.1's next_ms: the delay the broker waits before this plugin's
@@ -47,6 +49,7 @@ void broker_compat_init(void)
 	/* dlsym returns void *; POSIX guarantees it converts to a function pointer. */
 	*(void **)&set_info_fn = dlsym(RTLD_DEFAULT, "mosquitto_plugin_set_info");
 	*(void **)&complete_basic_auth_fn = dlsym(RTLD_DEFAULT, "mosquitto_complete_basic_auth");
+	*(void **)&client_by_id = dlsym(RTLD_DEFAULT, "mosquitto_client");
 }
 
 
@@ -101,4 +104,16 @@ void broker_request_tick(void *tick_event_data, long ms)
 broker_complete_basic_auth_fn broker_complete_basic_auth(void)
 {
 	return complete_basic_auth_fn;
+}
+
+
+enum broker_registered broker_client_registered(const struct mosquitto *client)
+{
+	const char *id;
+
+	if(client_by_id == NULL){
+		return BROKER_REGISTERED_UNKNOWN;
+	}
+	id = mosquitto_client_id(client);
+	return id != NULL && client_by_id(id) == client ? BROKER_REGISTERED_YES : BROKER_REGISTERED_NO;
 }

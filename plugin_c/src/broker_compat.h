@@ -50,4 +50,12 @@ void broker_request_tick(void *tick_event_data, long ms);
 typedef void (*broker_complete_basic_auth_fn)(const char *client_id, int result);
 broker_complete_basic_auth_fn broker_complete_basic_auth(void);
 
+/* Is this client the session the broker holds under its client id? A client
+ * is registered only once its CONNECT is accepted, so BASIC_AUTH for a
+ * registered client is a re-authentication (a broker SIGHUP, of a connected
+ * client or of an offline session), never a CONNECT. 2.1 answers it (its
+ * mosquitto_client()); 2.0 cannot: BROKER_REGISTERED_UNKNOWN. */
+enum broker_registered { BROKER_REGISTERED_NO, BROKER_REGISTERED_YES, BROKER_REGISTERED_UNKNOWN };
+enum broker_registered broker_client_registered(const struct mosquitto *client);
+
 #endif
