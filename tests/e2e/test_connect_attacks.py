@@ -163,3 +163,61 @@ def test_a_sighup_does_not_answer_a_waiting_connect_with_an_offline_sessions_pas
     assert rc is None or rc.is_failure, "a wrong password was let in with the offline session's password"
     stats = dict(re.findall(r"([a-z_]+)=(\d+)", [l for l in broker.log().splitlines() if "identity: connects" in l][-1]))
     assert int(stats["reauth_offline"]) >= 1, stats   # the SIGHUP did re-run BASIC_AUTH for the session
+
+
+WILL_RULES = """\
+identity:
+  source: cn
+  issuers: [{ca}]
+superusers: [admin]
+revoked:
+  serials: [{serials}]
+patterns:
+  - {{topic: /device/%u/#, access: readwrite}}
+"""
+
+
+@pytest.mark.broker(min=(2, 1, 0))
+@pytest.mark.parametrize("revoke", [False, True])
+def test_a_sighup_keeps_the_certificate_a_pending_will_is_decided_with(workdir, pki, revoke):
+    """A will with a delay is checked when the delay ends, with the certificate its device connected
+    with (revoked meanwhile: refused). A SIGHUP during the delay re-runs BASIC_AUTH for the offline
+    session, which has no connection and so no certificate: taken for a new CONNECT it is refused,
+    and its will lost (or, were the refusal ignored, decided without the certificate). 2.0 cannot
+    tell it from a CONNECT (no mosquitto_client()): there the SIGHUP refuses the offline session and
+    the broker drops its will (docs/versions.md)."""
+    from harness import run_policyd
+    from test_broker_versions import abrupt_close
+    from test_identity import Issuer, cn
+
+    _, cert, key = Issuer(pki.dir).issue(f"Willer{int(revoke)}", cn("Willer"), serial=0x51CC + revoke)
+    daemon = PolicyDaemon(workdir, WILL_RULES.format(ca=pki.ca, serials='"1"')).start()
+    broker = Broker(workdir, pki, daemon, BrokerConfig(use_identity_as_username=False, extra=IDENTITY)).start()
+    watcher = Device(broker, "admin", client_id="watcher").connect()
+    try:
+        assert watcher.subscribe("/device/Willer/#") == 1
+        willer = Device(broker, "Willer", client_id="willer", cert=cert, key=key)
+        will_props = mqtt.Properties(mqtt.PacketTypes.WILLMESSAGE)
+        will_props.WillDelayInterval = 3
+        willer.client.will_set("/device/Willer/status", b"gone", qos=1, properties=will_props)
+        props = mqtt.Properties(mqtt.PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 60
+        willer.client.connect("127.0.0.1", broker.port, keepalive=30, properties=props)
+        willer.client.loop_start()
+        assert willer._connected.get(timeout=10).value == 0
+        abrupt_close(willer)
+        time.sleep(0.3)
+        if revoke:
+            daemon.rules.write_text(WILL_RULES.format(ca=pki.ca, serials=f'"1", "{0x51CC + revoke:x}"'))
+            run_policyd("reload", "--address", daemon.admin_address)
+            time.sleep(0.3)
+        broker.proc.send_signal(signal.SIGHUP)
+        got = watcher.received(5)
+    finally:
+        watcher.close()
+        broker.stop()
+        daemon.stop()
+    if revoke:
+        assert got == [], "a revoked device's will was published after a SIGHUP"
+    else:
+        assert got == [("/device/Willer/status", b"gone")]
