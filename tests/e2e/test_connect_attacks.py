@@ -16,7 +16,7 @@ import time
 
 import paho.mqtt.client as mqtt
 import pytest
-from harness import Broker, BrokerConfig, Device, PolicyDaemon, broker_version, free_port
+from harness import Broker, BrokerConfig, Device, PolicyDaemon, broker_version, free_port, wait_for
 
 from policyd.identity.passwords import hash_password
 
@@ -106,7 +106,13 @@ passwords:
 """
 
 
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _password_client(port: int, ca: str, password: str, clean: bool) -> tuple[mqtt.Client, queue.Queue]:
+    wait_for(lambda: _port_open(port), 10, "the password listener")
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="meter7", protocol=mqtt.MQTTv5)
     client.tls_set(ca_certs=ca)
     client.username_pw_set("meter7", password)
@@ -221,3 +227,37 @@ def test_a_sighup_keeps_the_certificate_a_pending_will_is_decided_with(workdir, 
         assert got == [], "a revoked device's will was published after a SIGHUP"
     else:
         assert got == [("/device/Willer/status", b"gone")]
+
+
+def test_a_password_client_whose_password_changed_does_not_stay(workdir, pki):
+    """Held: a changed password ends the connection when the rules are reloaded (the Watch stream
+    kicks it), so no SIGHUP, kept or asked again, can leave it connected."""
+    from harness import run_policyd
+
+    daemon = PolicyDaemon(workdir, PASSWORD_RULES.format(
+        hash=hash_password(PASSWORD.encode(), iterations=2000))).start()
+    port = free_port()
+    broker = Broker(workdir, pki, daemon, BrokerConfig(use_identity_as_username=False, extra=IDENTITY + f"""
+        listener {port} 127.0.0.1
+        cafile {pki.ca}
+        certfile {pki.server_cert}
+        keyfile {pki.server_key}
+        require_certificate false
+        use_identity_as_username false""")).start()
+    meter, answers = _password_client(port, str(pki.ca), PASSWORD, clean=True)
+    gone: queue.Queue = queue.Queue()
+    meter.on_disconnect = lambda c, u, flags, rc, props: gone.put(rc)
+    try:
+        assert answers.get(timeout=10).value == 0
+        daemon.rules.write_text(PASSWORD_RULES.format(hash=hash_password(b"a new password", iterations=2000)))
+        run_policyd("reload", "--address", daemon.admin_address)
+        gone.get(timeout=3)
+        meter.loop_stop()
+        again, answers = _password_client(port, str(pki.ca), PASSWORD, clean=True)
+        refused = answers.get(timeout=10)
+        again.disconnect()
+        again.loop_stop()
+    finally:
+        broker.stop()
+        daemon.stop()
+    assert refused.is_failure
