@@ -449,17 +449,6 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 		plog(MOSQ_LOG_INFO, "the broker was woken for an overdue tick %" PRIu64 " times",
 				tick_wake_count(plugin->tick_wake));
 	}
-	if(plugin->config.identity == IDENTITY_CERT){
-		auth_log_stats(plugin);
-	}
-	if(plugin->auth_delayed != NULL){
-		struct auth_delayed_stats ds;
-
-		auth_delayed_get_stats(plugin->auth_delayed, &ds);
-		plog(MOSQ_LOG_INFO, "delayed CONNECTs: queued=%" PRIu64 " completed=%" PRIu64 " superseded=%" PRIu64
-				" overflow=%" PRIu64 " retried=%" PRIu64 " unanswered=%" PRIu64, ds.queued, ds.completed,
-				ds.superseded, ds.overflow, ds.retried, ds.unanswered);
-	}
 	plugin_free(plugin);
 	return MOSQ_ERR_SUCCESS;
 }

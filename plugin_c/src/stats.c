@@ -3,6 +3,8 @@
 
 #include <mosquitto.h>
 
+#include "auth.h"
+#include "auth_delayed.h"
 #include "plugin_state.h"
 #include "stats.h"
 
@@ -57,6 +59,19 @@ void stats_log(const struct policyd_plugin *plugin)
 			c->errors[POLICY_ERR_UNAVAILABLE], c->errors[POLICY_ERR_DEADLINE],
 			c->errors[POLICY_ERR_STATUS], c->errors[POLICY_ERR_PROTOCOL],
 			c->errors[POLICY_ERR_INTERNAL]);
+	/* CONNECTs refused, waiting or given up on: seen while the broker runs,
+	 * not only when it stops (a flood of waiting CONNECTs, an outage). */
+	if(plugin->config.identity == IDENTITY_CERT){
+		auth_log_stats(plugin);
+	}
+	if(plugin->auth_delayed != NULL){
+		struct auth_delayed_stats ds;
+
+		auth_delayed_get_stats(plugin->auth_delayed, &ds);
+		plog(MOSQ_LOG_INFO, "delayed CONNECTs: queued=%" PRIu64 " completed=%" PRIu64 " superseded=%" PRIu64
+				" overflow=%" PRIu64 " retried=%" PRIu64 " unanswered=%" PRIu64, ds.queued, ds.completed,
+				ds.superseded, ds.overflow, ds.retried, ds.unanswered);
+	}
 }
 
 

@@ -1,6 +1,6 @@
 /*
  * The shim's counters: one log line every auth_opt_policyd_stats_interval_s
- * (and at shutdown), and the same figures sent to the daemon as ShimStats so
+ * (and at shutdown; in identity mode followed by the CONNECT counters), and the same figures sent to the daemon as ShimStats so
  * that its metrics include them. Main thread only; sending never waits.
  */
 #ifndef POLICYD_STATS_H

@@ -261,3 +261,50 @@ def test_a_password_client_whose_password_changed_does_not_stay(workdir, pki):
         broker.stop()
         daemon.stop()
     assert refused.is_failure
+
+
+@pytest.mark.broker(min=(2, 1, 0))
+def test_a_flood_of_waiting_connects_is_refused_as_busy_reported_and_does_not_outlast_the_outage(workdir, pki):
+    """260 CONNECTs that go silent while policyd is hung fill the 256 places: a device's CONNECT is
+    refused as *server busy* (retryable), the refusals are counted in the periodic stats line while
+    the broker runs, and the device gets in as soon as policyd answers again."""
+    daemon = PolicyDaemon(workdir, SEED_RULES).start()
+    broker = Broker(workdir, pki, daemon, BrokerConfig(use_identity_as_username=False, extra="""
+        auth_opt_policyd_identity cert
+        auth_opt_policyd_timeout_ms 3000
+        auth_opt_policyd_stats_interval_s 1""")).start()
+    held = []
+    device = None
+    try:
+        daemon.proc.send_signal(signal.SIGSTOP)
+        held = [_held_connect(broker, "Hostile", f"hostile-{i}") for i in range(260)]
+        busy = Device(broker, "Dev1", client_id="dev1")
+        busy.client.reconnect_delay_set(30, 30)
+        busy.client.connect("127.0.0.1", broker.port, keepalive=30)
+        busy.client.loop_start()
+        refused = busy._connected.get(timeout=10)
+        busy.client.disconnect()
+        busy.client.loop_stop()
+        wait_for(lambda: re.search(r"delayed CONNECTs: .*overflow=[1-9]", broker.log()), 3,
+                 "the overflow counted in the periodic stats line")
+        daemon.proc.send_signal(signal.SIGCONT)
+        started = time.monotonic()
+        while device is None and time.monotonic() - started < 15:
+            attempt = Device(broker, "Dev1", client_id="dev1")
+            try:
+                device = attempt.connect(timeout=5)
+            except (ConnectionError, queue.Empty):
+                attempt.close()           # a device's own retry, a moment later
+                time.sleep(0.5)
+        back_after = time.monotonic() - started
+    finally:
+        if daemon.proc:
+            daemon.proc.send_signal(signal.SIGCONT)
+        if device:
+            device.close()
+        for sock in held:
+            sock.close()
+        broker.stop()
+        daemon.stop()
+    assert refused.value == 0x89, refused          # server busy: retryable, never "not authorized"
+    assert device is not None and back_after < 10, f"locked out {back_after:.1f} s after policyd answered again"
