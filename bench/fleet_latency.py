@@ -47,8 +47,8 @@ def ms(seconds: float) -> float:
 def summary(values: list[float]) -> str:
     values = sorted(values)
     p = lambda q: values[min(len(values) - 1, int(q * len(values)))]  # noqa: E731
-    return (f"n={len(values)} p50 {statistics.median(values):.1f} ms, p99 {p(0.99):.1f} ms, "
-            f"max {values[-1]:.1f} ms")
+    return (f"n={len(values)} p50 {statistics.median(values):.1f} ms, p90 {p(0.90):.1f} ms, "
+            f"p99 {p(0.99):.1f} ms, max {values[-1]:.1f} ms")
 
 
 def timed_device(broker: Broker, client_id: str) -> tuple[Device, "queue.Queue"]:
@@ -56,6 +56,36 @@ def timed_device(broker: Broker, client_id: str) -> tuple[Device, "queue.Queue"]
     gone: queue.Queue = queue.Queue()
     dev.client.on_disconnect = lambda *args: gone.put(time.perf_counter())
     return dev.connect(), gone
+
+
+class KickObserver:
+    """A Watch stream of its own on one daemon: when the kick of VICTIM leaves the daemon
+    (the moment the brokers' plugins receive it too, give or take the loopback)."""
+
+    def __init__(self, address: str, name: str):
+        import threading
+
+        import grpc
+
+        from policyd.v1 import policy_pb2 as pb
+        from policyd.v1 import policy_pb2_grpc as pb_grpc
+
+        self.kicks: queue.Queue = queue.Queue()
+        self._channel = grpc.insecure_channel(address)
+        self._stream = pb_grpc.PolicyStub(self._channel).Watch(pb.WatchRequest(broker_id=f"bench-{name}"))
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            for event in self._stream:
+                if VICTIM.encode() in event.kick_usernames:
+                    self.kicks.put(time.perf_counter())
+        except Exception:
+            pass
+
+    def close(self) -> None:
+        self._stream.cancel()
+        self._channel.close()
 
 
 def log_seconds(line: str) -> float:
@@ -99,8 +129,13 @@ def fleet_part(identities: int, rounds: int) -> None:
             load.start()
         time.sleep(1.0)
         fleet = Fleet(Etcd(EtcdSource.parse(source)))
+        observers = [KickObserver(d.address, name) for name, d in zip("ab", daemons)]
         per_broker: list[list[float]] = [[], []]
         fleet_wide: list[float] = []
+        committed: list[float] = []                      # t0 -> the etcd transaction answered
+        left_daemon: list[list[float]] = [[], []]        # t0 -> the kick event out of daemon a / b
+        in_broker: list[list[float]] = [[], []]          # that event -> the client saw DISCONNECT
+        after_commit: list[float] = []                   # the etcd answer -> disconnected on both
         for i in range(rounds):
             devs = [timed_device(b, f"victim-{i}-{n}") for n, b in enumerate(brokers)]
             for dev, _ in devs:
@@ -109,7 +144,15 @@ def fleet_part(identities: int, rounds: int) -> None:
                 load.phase = "reload"
             t0 = time.perf_counter()
             fleet.device_revoke(VICTIM, "bench")
-            times = [gone.get(timeout=30) - t0 for _, gone in devs]
+            t_commit = time.perf_counter()
+            committed.append(ms(t_commit - t0))
+            done = [gone.get(timeout=30) for _, gone in devs]
+            after_commit.append(ms(max(done) - t_commit))
+            times = [t - t0 for t in done]
+            for n, observer in enumerate(observers):
+                sent = observer.kicks.get(timeout=30)
+                left_daemon[n].append(ms(sent - t0))
+                in_broker[n].append(ms(done[n] - sent))
             for load in loads:
                 load.phase = "idle"
             for n, t in enumerate(times):
@@ -120,6 +163,15 @@ def fleet_part(identities: int, rounds: int) -> None:
             fleet.device_reset(VICTIM)
             time.sleep(0.2)
         fleet.etcd.close()
+        for observer in observers:
+            observer.close()
+        print(f"where the time goes: etcd transaction answered: {summary(committed)}")
+        for n, name in enumerate("ab"):
+            print(f"  kick event out of daemon {name} (etcd watch + apply + Watch stream): "
+                  f"{summary(left_daemon[n])}")
+            print(f"  broker {name.upper()}, that event -> client saw DISCONNECT (plugin queue, the "
+                  f"broker's next tick, kick, TCP): {summary(in_broker[n])}")
+        print(f"  the etcd answer -> disconnected on both (daemons + brokers): {summary(after_commit)}")
         print(f"revoke -> disconnect, broker A: {summary(per_broker[0])}")
         print(f"revoke -> disconnect, broker B: {summary(per_broker[1])}")
         print(f"revoke -> disconnected on both (fleet-wide): {summary(fleet_wide)}")

@@ -214,12 +214,12 @@ static void plugin_free(struct policyd_plugin *plugin)
 		return;
 	}
 	plugin_unregister(plugin);
-	tick_wake_stop(plugin->tick_wake);
-	plugin->tick_wake = NULL;
 	auth_delayed_destroy(plugin->auth_delayed);
 	plugin->auth_delayed = NULL;
 	watch_destroy(plugin->watch); /* joins its thread: nothing of ours runs after cleanup */
 	plugin->watch = NULL;
+	tick_wake_stop(plugin->tick_wake); /* after the Watch thread, which may wake the broker */
+	plugin->tick_wake = NULL;
 	policy_client_destroy(plugin->client);
 	cache_destroy(plugin->cache);
 	plugin->cache = NULL;
@@ -277,6 +277,8 @@ static int plugin_start_watch(struct policyd_plugin *plugin)
 		.generation = &plugin->generation,
 		.tls = &plugin->tls,
 		.keepalive_ms = plugin->config.keepalive_s * 1000,
+		/* 2.1 runs the tick only when due: waking it earlier gains nothing. */
+		.wake = broker_schedules_ticks() ? NULL : plugin->tick_wake,
 	};
 	const char *errmsg = "unknown error";
 
@@ -315,10 +317,8 @@ static int plugin_start_tick_wake(struct policyd_plugin *plugin)
 {
 	const char *errmsg = "unknown error";
 
-	if(!broker_schedules_ticks()){
-		return MOSQ_ERR_SUCCESS;
-	}
-	plugin->tick_wake = tick_wake_start(PLUGIN_TICK_OVERDUE_MS, &errmsg);
+	/* 2.0 ticks on every pass of its loop: only woken for Watch events. */
+	plugin->tick_wake = tick_wake_start(broker_schedules_ticks() ? PLUGIN_TICK_OVERDUE_MS : 0, &errmsg);
 	if(plugin->tick_wake == NULL){
 		plog(MOSQ_LOG_ERR, "cannot keep the broker's tick going: %s", errmsg);
 		return MOSQ_ERR_UNKNOWN;
@@ -401,10 +401,10 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 		rc = plugin_start_client(plugin);
 	}
 	if(rc == MOSQ_ERR_SUCCESS){
-		rc = plugin_start_watch(plugin);
+		rc = plugin_start_tick_wake(plugin);
 	}
 	if(rc == MOSQ_ERR_SUCCESS){
-		rc = plugin_start_tick_wake(plugin);
+		rc = plugin_start_watch(plugin);
 	}
 	if(rc == MOSQ_ERR_SUCCESS){
 		rc = plugin_start_auth_delayed(plugin);
@@ -446,8 +446,8 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 	}
 	stats_log(plugin);
 	if(plugin->tick_wake != NULL){
-		plog(MOSQ_LOG_INFO, "the broker was woken for an overdue tick %" PRIu64 " times",
-				tick_wake_count(plugin->tick_wake));
+		plog(MOSQ_LOG_INFO, "the broker was woken %" PRIu64 " times (%s)", tick_wake_count(plugin->tick_wake),
+				broker_schedules_ticks() ? "an overdue tick" : "kicks from the Watch stream");
 	}
 	plugin_free(plugin);
 	return MOSQ_ERR_SUCCESS;

@@ -22,6 +22,7 @@ struct tick_wake {
 	pthread_mutex_t lock;
 	pthread_cond_t stop_cond;     /* CLOCK_MONOTONIC */
 	bool stopping;
+	bool watchdog;                /* the thread runs (overdue_ms > 0) */
 };
 
 static int wake_signal;           /* chosen once per process, never given back */
@@ -125,7 +126,8 @@ struct tick_wake *tick_wake_start(int64_t overdue_ms, const char **errmsg)
 	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
 	pthread_cond_init(&wake->stop_cond, &attr);
 	pthread_condattr_destroy(&attr);
-	if(pthread_create(&wake->thread, NULL, tick_wake_run, wake) != 0){
+	wake->watchdog = overdue_ms > 0;
+	if(wake->watchdog && pthread_create(&wake->thread, NULL, tick_wake_run, wake) != 0){
 		pthread_cond_destroy(&wake->stop_cond);
 		pthread_mutex_destroy(&wake->lock);
 		free(wake);
@@ -140,6 +142,14 @@ void tick_wake_ticked(struct tick_wake *wake, int64_t now_ms)
 {
 	if(wake != NULL){
 		atomic_store(&wake->last_tick_ms, now_ms);
+	}
+}
+
+
+void tick_wake_now(struct tick_wake *wake)
+{
+	if(wake != NULL && pthread_kill(wake->main_thread, wake_signal) == 0){
+		atomic_fetch_add(&wake->wakes, 1);
 	}
 }
 
@@ -159,7 +169,9 @@ void tick_wake_stop(struct tick_wake *wake)
 	wake->stopping = true;
 	pthread_cond_signal(&wake->stop_cond);
 	pthread_mutex_unlock(&wake->lock);
-	pthread_join(wake->thread, NULL);
+	if(wake->watchdog){
+		pthread_join(wake->thread, NULL);
+	}
 	pthread_cond_destroy(&wake->stop_cond);
 	pthread_mutex_destroy(&wake->lock);
 	free(wake);

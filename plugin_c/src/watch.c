@@ -38,6 +38,7 @@
 #include "logging.h"
 #include "policyd/v1/policy.pb-c.h"
 #include "link_tls.h"
+#include "tick_wake.h"
 #include "watch.h"
 
 #define WATCH_METHOD "/policyd.v1.Policy/Watch"
@@ -103,6 +104,7 @@ struct policyd_watch {
 	grpc_slice method;
 	char *broker_id;
 	_Atomic uint64_t *generation;
+	struct tick_wake *tick;              /* woken when an event brings kicks, or NULL */
 
 	struct kick_queue queue;             /* under lock */
 	char **tick_names;                   /* main thread: names taken off the queue, de-duplicated */
@@ -189,8 +191,8 @@ static void generation_raise(_Atomic uint64_t *generation, uint64_t seen)
 
 /* Under lock. A list arrives as chunks 0..n-1 of one generation, in order; a
  * gap, a malformed entry or an oversized list drops what was gathered (the
- * next stream or reload sends the whole list again). */
-static void revocations_add_chunk(struct policyd_watch *w, const Policyd__V1__PolicyEvent *ev)
+ * next stream or reload sends the whole list again). True: the list is whole. */
+static bool revocations_add_chunk(struct policyd_watch *w, const Policyd__V1__PolicyEvent *ev)
 {
 	struct pending_dooms *d = &w->dooms;
 	uint32_t chunks = ev->revocation_chunks ? ev->revocation_chunks : 1;
@@ -214,14 +216,16 @@ static void revocations_add_chunk(struct policyd_watch *w, const Policyd__V1__Po
 		conn_revocations_free(d->building);
 		d->building = NULL;
 		w->stats.bad_events++;
-		return;
+		return false;
 	}
 	if(++d->next_chunk == chunks){
 		conn_revocations_sort(d->building);
 		conn_revocations_free(d->complete);
 		d->complete = d->building;
 		d->building = NULL;
+		return true;
 	}
+	return false;
 }
 
 
@@ -231,6 +235,7 @@ static bool event_apply(struct policyd_watch *w, grpc_byte_buffer *buf)
 	grpc_byte_buffer_reader reader;
 	grpc_slice flat;
 	size_t i;
+	bool act;
 
 	if(!grpc_byte_buffer_reader_init(&reader, buf)){
 		pthread_mutex_lock(&w->lock);
@@ -276,11 +281,16 @@ static bool event_apply(struct policyd_watch *w, grpc_byte_buffer *buf)
 	}
 	w->dooms.all_named |= ev->kick_all_named || ev->replay_incomplete;
 	w->dooms.anonymous |= ev->kick_anonymous || ev->replay_incomplete;
-	if(ev->has_revocations){
-		revocations_add_chunk(w, ev);
+	act = ev->n_kick_usernames > 0 || ev->kick_all_named || ev->kick_anonymous || ev->replay_incomplete;
+	if(ev->has_revocations && revocations_add_chunk(w, ev)){
+		act = true;
 	}
 	pthread_mutex_unlock(&w->lock);
 	policyd__v1__policy_event__free_unpacked(ev, NULL);
+	/* Kicks wait for the main thread's tick: have it come now. */
+	if(act){
+		tick_wake_now(w->tick);
+	}
 	return true;
 }
 
@@ -609,6 +619,7 @@ struct policyd_watch *watch_create(const struct watch_options *opts, const char 
 	pthread_cond_init(&w->wake, NULL);
 	w->method = grpc_slice_from_static_string(WATCH_METHOD);
 	w->generation = opts->generation;
+	w->tick = opts->wake;
 	w->broker_id = strdup(opts->broker_id ? opts->broker_id : "");
 	w->queue.names = calloc(KICK_QUEUE_MAX, sizeof(char *));
 	w->tick_names = calloc(KICK_NAMES_PER_TICK, sizeof(char *));

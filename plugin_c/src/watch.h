@@ -22,6 +22,7 @@ struct watch_options {
 	_Atomic uint64_t *generation;    /* raised (never lowered) as events arrive */
 	const struct link_tls *tls;      /* NULL or not loaded: plaintext (link_tls.h) */
 	int keepalive_ms;                /* HTTP/2 keepalive ping interval, > 0 */
+	struct tick_wake *wake;          /* NULL, or woken when an event brings kicks (tick_wake.h) */
 };
 
 struct watch_stats {

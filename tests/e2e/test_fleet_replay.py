@@ -68,7 +68,9 @@ class Stack:
     def device(self, broker: Broker, cn: str) -> Device:
         dev = Device(broker, cn, client_id=f"{cn}-{broker.port}").connect()
         self.opened.append(dev)
-        assert dev.publish(f"/device/{cn}/t", b"before") == 0
+        # right after a daemon restart the broker's check channel may still be backing off
+        # (checks fail closed meanwhile): wait for the first answer
+        wait_for(lambda: dev.publish(f"/device/{cn}/t", b"before") == 0, 10, f"{cn} allowed", interval=0.2)
         return dev
 
     def cli(self, *args: str):
