@@ -101,7 +101,7 @@ def sync_in_log(daemon: FleetDaemon) -> float:
 
 
 def fleet_part(identities: int, rounds: int) -> None:
-    from policyd.fleet.etcd import Etcd, EtcdSource
+    from policyd.fleet.etcd import Etcd, EtcdError, EtcdSource
     from policyd.fleet.publish import Fleet
 
     work = make_workdir("policyd-bench-fleet-")
@@ -160,7 +160,12 @@ def fleet_part(identities: int, rounds: int) -> None:
             fleet_wide.append(ms(max(times)))
             for dev, _ in devs:
                 dev.client.loop_stop()
-            fleet.device_reset(VICTIM)
+            for attempt in range(10):  # etcd on a loaded machine may change leaders: not timed
+                try:
+                    fleet.device_reset(VICTIM)
+                    break
+                except EtcdError:
+                    time.sleep(0.5)
             time.sleep(0.2)
         fleet.etcd.close()
         for observer in observers:
