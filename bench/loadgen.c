@@ -61,7 +61,8 @@ static struct {
 	int port, devices, first, messages, qos;
 	double timeout_s;
 	int pending;               /* storm: most connections short of CONNACK at once; 0: all */
-} opt = {"127.0.0.1", NULL, NULL, "Device", "flood", 0, 100, 1, 50, 0, 600.0, 0};
+	int one_by_one;            /* flood: each message delivered before the next is sent */
+} opt = {"127.0.0.1", NULL, NULL, "Device", "flood", 0, 100, 1, 50, 0, 600.0, 0, 0};
 
 static struct client *clients;   /* devices, then (flood) the admin at [devices] */
 static int client_count;
@@ -322,6 +323,12 @@ static bool flood_delivered(void)
 	return true;
 }
 
+static int lockstep_device;
+static bool message_delivered(void)
+{
+	return admin_received >= flood_expected && clients[lockstep_device].acked >= acks_expected;
+}
+
 static void wait_line(void)
 {
 	char line[64];
@@ -370,16 +377,22 @@ static int run_flood(struct pollfd *fds)
 	admin_received = 0;
 	t0 = now_s();
 	/* In rounds: every device one message, then until the admin has the round
-	 * (and, QoS 1, every PUBACK). Flooding instead lets the broker find a
-	 * varying number of packets per read, which moves its instruction count
-	 * per message by a few percent from run to run. */
+	 * (and, QoS 1, every PUBACK); with --one-by-one 1, one message at a time.
+	 * Flooding instead lets the broker find a varying number of packets per
+	 * read, which moves its instruction count per message by a few percent
+	 * from run to run. */
 	for(m = 0; m < opt.messages; m++){
-		flood_expected = (long)opt.devices * (m + 1);
 		acks_expected = m + 2;
-		for(i = 0; i < opt.devices; i++) publish_own(&clients[i], opt.qos);
-		if(opt.qos == 0){
-			for(i = 0; i < opt.devices; i++) clients[i].acked = m + 2;
+		for(i = 0; i < opt.devices; i++){
+			publish_own(&clients[i], opt.qos);
+			if(opt.qos == 0) clients[i].acked = m + 2;
+			if(opt.one_by_one){
+				flood_expected = (long)opt.devices * m + i + 1;
+				lockstep_device = i;
+				pump_until(fds, message_delivered, "flood");
+			}
 		}
+		flood_expected = (long)opt.devices * (m + 1);
 		pump_until(fds, flood_delivered, "flood");
 	}
 	took = now_s() - t0;
@@ -484,7 +497,7 @@ static void usage(void)
 {
 	fprintf(stderr, "usage: loadgen --port P --cafile CA --certdir DIR [--mode flood|storm|hold] [--devices N]\n"
 	                "               [--first K] [--prefix Device] [--messages M] [--qos 0|1] [--timeout S]\n"
-	                "               [--pending N]\n");
+	                "               [--pending N] [--one-by-one 0|1]\n");
 	exit(2);
 }
 
@@ -508,6 +521,7 @@ int main(int argc, char **argv)
 		else if(!strcmp(k, "--qos")) opt.qos = atoi(v);
 		else if(!strcmp(k, "--timeout")) opt.timeout_s = atof(v);
 		else if(!strcmp(k, "--pending")) opt.pending = atoi(v);
+		else if(!strcmp(k, "--one-by-one")) opt.one_by_one = atoi(v);
 		else usage();
 	}
 	if(i != argc || !opt.port || !opt.cafile || !opt.certdir || opt.devices < 1) usage();
