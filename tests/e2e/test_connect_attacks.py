@@ -308,3 +308,54 @@ def test_a_flood_of_waiting_connects_is_refused_as_busy_reported_and_does_not_ou
         daemon.stop()
     assert refused.value == 0x89, refused          # server busy: retryable, never "not authorized"
     assert device is not None and back_after < 10, f"locked out {back_after:.1f} s after policyd answered again"
+
+
+def test_a_wrong_password_is_not_kept_at_a_reused_pointer_of_an_expired_session(workdir, pki):
+    """A SIGHUP re-authenticates an offline password session; the session then expires (2.0 frees
+    it without a DISCONNECT event). A new connection that lands at the freed address, with the same
+    client id and username and a wrong password, during a daemon outage, must not be taken for a
+    re-authentication of a connection already verified (and kept for want of an answer). Held: 2.1
+    never asks an offline session as a CONNECT nor a CONNECT as a re-authentication; on 2.0 the
+    SIGHUP leaves (by the code) a live record for the freed session, but no try here landed on it."""
+    daemon = PolicyDaemon(workdir, PASSWORD_RULES.format(
+        hash=hash_password(PASSWORD.encode(), iterations=2000))).start()
+    port = free_port()
+    broker = Broker(workdir, pki, daemon, BrokerConfig(use_identity_as_username=False, extra=IDENTITY + f"""
+        listener {port} 127.0.0.1
+        cafile {pki.ca}
+        certfile {pki.server_cert}
+        keyfile {pki.server_key}
+        require_certificate false
+        use_identity_as_username false""")).start()
+    results = []
+    try:
+        owner = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="meter7", protocol=mqtt.MQTTv5)
+        owner.tls_set(ca_certs=str(pki.ca))
+        owner.username_pw_set("meter7", PASSWORD)
+        answers: queue.Queue = queue.Queue()
+        owner.on_connect = lambda c, u, flags, rc, props: answers.put(rc)
+        props = mqtt.Properties(mqtt.PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 1
+        wait_for(lambda: _port_open(port), 10, "the password listener")
+        owner.connect("127.0.0.1", port, keepalive=30, clean_start=False, properties=props)
+        owner.loop_start()
+        assert answers.get(timeout=10).value == 0
+        owner.disconnect()
+        owner.loop_stop()
+        time.sleep(0.3)
+        broker.proc.send_signal(signal.SIGHUP)      # policyd up: the offline session is asked, allowed
+        time.sleep(3)                                 # expired (1 s), freed (2.0 writes its log late)
+        daemon.stop()
+        for _ in range(5):
+            attacker, got = _password_client(port, str(pki.ca), "a guess", clean=True)
+            try:
+                results.append(got.get(timeout=2))
+            except queue.Empty:
+                results.append(None)
+            attacker.disconnect()
+            attacker.loop_stop()
+    finally:
+        broker.stop()
+        daemon.stop()
+    assert "Expiring client meter7" in broker.log()
+    assert not any(rc is not None and not rc.is_failure for rc in results), results
