@@ -112,3 +112,48 @@ def test_kicks_are_once_per_name_and_by_client_id_when_known(make_daemon, make_s
         time.sleep(0.05)
         shim.tick()
     assert shim.stub.stub_kicks() == 2                           # tried once by username, in the budget
+
+
+def test_a_replay_the_daemon_cannot_prove_disconnects_every_client(make_shim, workdir):
+    """The shim names its last generation and policy digest when it reopens the stream; an
+    answer saying the missed kicks cannot be proven ends every session it knows of, even
+    without the class kicks the daemon also sends."""
+    from concurrent import futures
+    from types import SimpleNamespace
+
+    import grpc
+
+    from policyd.v1 import policy_pb2 as pb
+    from policyd.v1 import policy_pb2_grpc as pb_grpc
+
+    digest = bytes(range(32))
+    requests = []
+
+    class Fake(pb_grpc.PolicyServicer):
+        def CheckAcl(self, request, context):
+            return pb.CheckAclResponse(result=pb.RESULT_ALLOW, generation=5)
+
+        def Watch(self, request, context):
+            requests.append(request)
+            if len(requests) == 1:
+                yield pb.PolicyEvent(generation=5, policy_digest=digest)
+                return  # the stream ends: the shim reopens it
+            yield pb.PolicyEvent(generation=6, replay_incomplete=True)
+            while context.is_active():
+                time.sleep(0.05)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_PolicyServicer_to_server(Fake(), server)
+    socket = workdir / "fake.sock"
+    server.add_insecure_port(f"unix:{socket}")
+    server.start()
+    try:
+        shim = make_shim(SimpleNamespace(address=f"unix:{socket}"))
+        for n in (1, 2):
+            assert shim.allowed(shim.client(f"c{n}", f"Device{n}"), WRITE, f"/device/Device{n}/t")
+        ticking(shim, lambda: shim.stub.stub_kicks() == 2, "every client disconnected")
+        assert requests[1].known_generation == 5 and requests[1].known_policy_digest == digest
+        assert any("cannot prove it replayed every kick since generation 5" in line for line in shim.logs())
+        shim.close()
+    finally:
+        server.stop(0)
