@@ -359,3 +359,33 @@ def test_a_wrong_password_is_not_kept_at_a_reused_pointer_of_an_expired_session(
         daemon.stop()
     assert "Expiring client meter7" in broker.log()
     assert not any(rc is not None and not rc.is_failure for rc in results), results
+
+
+@pytest.mark.broker(min=(2, 1, 0))
+def test_a_sighup_leaves_a_waiting_connect_to_its_own_answer(workdir, pki):
+    """Held: a CONNECT waiting for policyd is not in the broker's session table, so a SIGHUP
+    re-authenticates around it; it gets its own answer (and identity) once policyd answers."""
+    daemon = PolicyDaemon(workdir, SEED_RULES).start()
+    broker = Broker(workdir, pki, daemon, BrokerConfig(use_identity_as_username=False, extra=IDENTITY)).start()
+    others = [Device(broker, f"Dev{i}", client_id=f"dev{i}").connect() for i in range(3)]
+    device = None
+    try:
+        daemon.proc.send_signal(signal.SIGSTOP)
+        device = Device(broker, "Dev7", client_id="dev7")
+        device.client.connect("127.0.0.1", broker.port, keepalive=30)
+        device.client.loop_start()
+        time.sleep(0.4)
+        broker.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.4)
+        daemon.proc.send_signal(signal.SIGCONT)
+        assert device._connected.get(timeout=5).value == 0
+        assert device.publish("/device/Dev7/t", b"x") == 0
+        assert device.publish("/device/Dev0/t", b"x") == 0x87
+        assert all(d.disconnects.empty() for d in others)
+    finally:
+        if daemon.proc:
+            daemon.proc.send_signal(signal.SIGCONT)
+        for d in others + ([device] if device else []):
+            d.close()
+        broker.stop()
+        daemon.stop()
