@@ -8,7 +8,7 @@ libmosquitto, one poll loop) connects --devices TLS devices and one admin subscr
 `/device/#`, sends one warm-up message per device (which fills every cache the broker has, ours
 included), then instrumentation is switched on (`callgrind_control -i on`), --messages rounds in
 which each device publishes one message into its own subtree at the chosen QoS and the admin
-receives the round before the next starts (with --one-by-one, each message before the next), and
+receives the round before the next starts (with --batch K, every K messages before the next K), and
 the counters are dumped (`callgrind_control -d`) and switched off. The load generator runs outside
 valgrind and the daemon is a separate process, so neither is in the broker's count; with a warm
 cache the daemon is not asked at all (the plugin's cache TTL is raised for the run: callgrind
@@ -113,7 +113,7 @@ def inclusive_ir(dump: Path, function: str) -> int:
 
 
 def measure(config: str, qos: int, pki, devices: list[str], messages: int, keep: Path | None,
-            one_by_one: bool = False) -> dict:
+            batch: int = 0) -> dict:
     workdir = make_workdir("policyd-callgrind-")
     daemon = start_daemon(workdir, *DAEMON_TTL) if config == "policyd" else None
     broker = CallgrindBroker(workdir, pki, daemon, broker_config(config, workdir, devices, POLICYD_CALLGRIND))
@@ -122,7 +122,7 @@ def measure(config: str, qos: int, pki, devices: list[str], messages: int, keep:
     try:
         broker.start()
         gen = subprocess.Popen(loadgen_args(broker, "--mode", "flood", "--devices", str(len(devices)),
-                                            "--messages", str(messages), "--qos", str(qos), "--one-by-one", str(int(one_by_one))),
+                                            "--messages", str(messages), "--qos", str(qos), "--batch", str(batch)),
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         if gen.stdout.readline().strip() != "READY":
             raise RuntimeError(f"load generator failed before READY (rc={gen.wait()}):\n{broker.log()[-3000:]}")
@@ -170,8 +170,9 @@ def main() -> int:
     ap.add_argument("--qos", default="0,1")
     ap.add_argument("--only", default=",".join(CONFIGS), help="configurations, comma separated")
     ap.add_argument("--runs", type=int, default=3, help="runs per configuration, taking turns; medians")
-    ap.add_argument("--one-by-one", action="store_true",
-                    help="each message delivered before the next is sent (one broker loop pass per message)")
+    ap.add_argument("--batch", type=int, default=0,
+                    help="every BATCH messages delivered before the next are sent (1: one broker loop pass per "
+                         "message); 0: rounds of one message per device")
     ap.add_argument("--keep-dumps", type=Path, help="copy each measured phase's callgrind dump here "
                     "(read it with callgrind_annotate --inclusive=yes)")
     args = ap.parse_args()
@@ -179,11 +180,11 @@ def main() -> int:
     pki = cached_pki(args.devices)
     devices = device_names(args.devices)
     configs = [c for c in CONFIGS if c in args.only.split(",")]
-    pace = "one message at a time" if args.one_by_one else f"rounds of {args.devices} messages"
+    pace = f"batches of {args.batch}" if args.batch > 0 else f"rounds of {args.devices} messages"
     print(f"{args.devices} TLS devices × {args.messages} messages ({pace}), one admin subscriber on /device/#, "
           f"broker under callgrind, measured phase only")
     for qos in (int(q) for q in args.qos.split(",")):
-        runs = [[measure(c, qos, pki, devices, args.messages, args.keep_dumps, args.one_by_one) for c in configs]
+        runs = [[measure(c, qos, pki, devices, args.messages, args.keep_dumps, args.batch) for c in configs]
                 for _ in range(args.runs)]
         rows = []
         for i, config in enumerate(configs):

@@ -61,7 +61,7 @@ static struct {
 	int port, devices, first, messages, qos;
 	double timeout_s;
 	int pending;               /* storm: most connections short of CONNACK at once; 0: all */
-	int one_by_one;            /* flood: each message delivered before the next is sent */
+	int batch;                 /* flood: every K messages delivered before the next K are sent; 0: rounds */
 } opt = {"127.0.0.1", NULL, NULL, "Device", "flood", 0, 100, 1, 50, 0, 600.0, 0, 0};
 
 static struct client *clients;   /* devices, then (flood) the admin at [devices] */
@@ -323,10 +323,16 @@ static bool flood_delivered(void)
 	return true;
 }
 
-static int lockstep_device;
+static int lockstep_first, lockstep_device;
 static bool message_delivered(void)
 {
-	return admin_received >= flood_expected && clients[lockstep_device].acked >= acks_expected;
+	int i;
+
+	if(admin_received < flood_expected) return false;
+	for(i = lockstep_first; i <= lockstep_device; i++){
+		if(clients[i].acked < acks_expected) return false;
+	}
+	return true;
 }
 
 static void wait_line(void)
@@ -377,7 +383,7 @@ static int run_flood(struct pollfd *fds)
 	admin_received = 0;
 	t0 = now_s();
 	/* In rounds: every device one message, then until the admin has the round
-	 * (and, QoS 1, every PUBACK); with --one-by-one 1, one message at a time.
+	 * (and, QoS 1, every PUBACK); with --batch K, K messages at a time.
 	 * Flooding instead lets the broker find a varying number of packets per
 	 * read, which moves its instruction count per message by a few percent
 	 * from run to run. */
@@ -386,8 +392,9 @@ static int run_flood(struct pollfd *fds)
 		for(i = 0; i < opt.devices; i++){
 			publish_own(&clients[i], opt.qos);
 			if(opt.qos == 0) clients[i].acked = m + 2;
-			if(opt.one_by_one){
+			if(opt.batch > 0 && ((i + 1) % opt.batch == 0 || i + 1 == opt.devices)){
 				flood_expected = (long)opt.devices * m + i + 1;
+				lockstep_first = i + 1 - ((i + 1) % opt.batch ? (i + 1) % opt.batch : opt.batch);
 				lockstep_device = i;
 				pump_until(fds, message_delivered, "flood");
 			}
@@ -497,7 +504,7 @@ static void usage(void)
 {
 	fprintf(stderr, "usage: loadgen --port P --cafile CA --certdir DIR [--mode flood|storm|hold] [--devices N]\n"
 	                "               [--first K] [--prefix Device] [--messages M] [--qos 0|1] [--timeout S]\n"
-	                "               [--pending N] [--one-by-one 0|1]\n");
+	                "               [--pending N] [--batch K]\n");
 	exit(2);
 }
 
@@ -521,7 +528,7 @@ int main(int argc, char **argv)
 		else if(!strcmp(k, "--qos")) opt.qos = atoi(v);
 		else if(!strcmp(k, "--timeout")) opt.timeout_s = atof(v);
 		else if(!strcmp(k, "--pending")) opt.pending = atoi(v);
-		else if(!strcmp(k, "--one-by-one")) opt.one_by_one = atoi(v);
+		else if(!strcmp(k, "--batch")) opt.batch = atoi(v);
 		else usage();
 	}
 	if(i != argc || !opt.port || !opt.cafile || !opt.certdir || opt.devices < 1) usage();
