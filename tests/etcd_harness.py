@@ -35,8 +35,10 @@ class EtcdMember:
              "--listen-client-urls", self.client_url, "--advertise-client-urls", self.client_url,
              "--listen-peer-urls", self.peer_url, "--initial-advertise-peer-urls", self.peer_url,
              "--initial-cluster", initial_cluster, "--initial-cluster-state", state,
-             "--initial-cluster-token", "policyd-test", "--heartbeat-interval", "50",
-             "--election-timeout", "500", "--log-level", "warn"],
+             # Slack for a loaded 2-core machine: with 50/500 ms a busy CPU made leaders change
+             # mid-test (writes then fail "leader changed"); failover still takes about a second.
+             "--initial-cluster-token", "policyd-test", "--heartbeat-interval", "100",
+             "--election-timeout", "1000", "--log-level", "warn"],
             stdout=self._log, stderr=subprocess.STDOUT)
 
     def stop(self, sig: int = signal.SIGKILL) -> None:

@@ -6,6 +6,7 @@ else is a denied message delivered, and must never happen.
 
 from __future__ import annotations
 
+import queue
 import re
 import sys
 
@@ -69,7 +70,10 @@ def test_hostile_certificate_names_reach_nothing_of_others(stack, pki):
                 answer = dev.publish(target, b"attack") if action == "publish" else dev.subscribe(target)
                 assert answer == NOT_AUTHORIZED, (cn, action, target)
                 if identity_problem(cn):  # an unusable name: the connection itself is refused
-                    assert dev.disconnects.get(timeout=5) is not None, (cn, "stayed connected")
+                    try:
+                        dev.disconnects.get(timeout=15)   # a kick at the next TICK; slack for a loaded machine
+                    except queue.Empty:
+                        raise AssertionError(f"{cn!r} stayed connected after {action} {target}") from None
                 attempts += 1
             finally:
                 dev.close()
