@@ -22,9 +22,11 @@
  * A broker SIGHUP re-runs BASIC_AUTH for every connected client. A live
  * connection this plugin accepted (its conn.h record) is not a new CONNECT:
  * with the same certificate it is answered without a call; a password one is
- * asked again on this thread (never delayed: the client is live) and kept
- * when no answer comes, since an outage is no evidence against a password
- * already verified; its checks stay fail-closed and revocations still kick.
+ * asked again on this thread (never delayed: the client is live) and, on
+ * 2.1, kept when no answer comes, since an outage is no evidence against a
+ * password already verified; its checks stay fail-closed and revocations
+ * still kick. 2.0 cannot prove a re-authentication: there it is refused as
+ * retryable without an answer.
  */
 #include <inttypes.h>
 #include <stdbool.h>
@@ -214,9 +216,12 @@ static int auth_claimed_username(struct policyd_plugin *plugin, const struct mos
 }
 
 
-/* The password re-authentication of a live connection (see the top). */
+/* The password re-authentication of a live connection (see the top). It is
+ * kept without an answer only where the broker proves it is a
+ * re-authentication (2.1: `registered`); 2.0 cannot tell it from a new
+ * CONNECT at a reused client pointer, which must never pass unverified. */
 static int auth_reask_password(struct policyd_plugin *plugin, const struct mosquitto_evt_basic_auth *ed,
-		struct policy_auth_request *req, const struct conn *c)
+		struct policy_auth_request *req, const struct conn *c, bool registered)
 {
 	struct policy_auth_result res;
 	char shown[LOG_IDENT_MAX];
@@ -229,6 +234,9 @@ static int auth_reask_password(struct policyd_plugin *plugin, const struct mosqu
 		policy_client_authenticate(plugin->client, req, &res);
 		(void)breaker_record(&plugin->breaker, res.outcome == POLICY_ERROR && res.error == POLICY_ERR_DEADLINE,
 				monotonic_ms());
+	}
+	if(res.outcome == POLICY_ERROR && !registered){
+		return auth_refuse(plugin, req->client_id, &res);   /* the broker disconnects it: retryable */
 	}
 	if(res.outcome == POLICY_ERROR){
 		plugin->auth.reauth_kept++;
@@ -254,7 +262,7 @@ static int auth_reask_password(struct policyd_plugin *plugin, const struct mosqu
  * set; false when this is a CONNECT to decide afresh. `digest`: the SHA-256
  * of the client's certificate, or NULL without one. */
 static bool auth_reauthenticate(struct policyd_plugin *plugin, const struct mosquitto_evt_basic_auth *ed,
-		struct policy_auth_request *req, const unsigned char *digest, int *rc)
+		struct policy_auth_request *req, const unsigned char *digest, bool registered, int *rc)
 {
 	const struct conn *c = conn_authenticated_as(plugin->conns, ed->client, ed->username);
 
@@ -272,7 +280,7 @@ static bool auth_reauthenticate(struct policyd_plugin *plugin, const struct mosq
 	if(!c->password_verified || !auth_may_send_password(plugin, ed)){
 		return false;
 	}
-	*rc = auth_reask_password(plugin, ed, req, c);
+	*rc = auth_reask_password(plugin, ed, req, c, registered);
 	return true;
 }
 
@@ -324,7 +332,8 @@ int auth_basic_callback(int event, void *event_data, void *userdata)
 		SHA256(der, der_len, digest);
 	}
 	registered = broker_client_registered(ed->client);
-	if(registered != BROKER_REGISTERED_NO && auth_reauthenticate(plugin, ed, &req, has_cert ? digest : NULL, &rc)){
+	if(registered != BROKER_REGISTERED_NO && auth_reauthenticate(plugin, ed, &req, has_cert ? digest : NULL,
+			registered == BROKER_REGISTERED_YES, &rc)){
 		OPENSSL_free(der);
 		return rc;
 	}
