@@ -479,6 +479,16 @@ static void doom_connection(struct policyd_plugin *plugin, struct acl_subject *s
 }
 
 
+/* An answer for Mosquitto's stand-in client (a retained message's publisher,
+ * a session without its certificate) was decided without the certificate,
+ * so no `certificates` rule took part; it shares the identity (username,
+ * client id) of the live connection, which must never be served it. */
+static bool answer_cacheable(const struct acl_subject *s)
+{
+	return s->request.provenance != POLICY_PROVENANCE_UNKNOWN;
+}
+
+
 static int ask_daemon(struct policyd_plugin *plugin, struct acl_subject *s, int64_t now_ms)
 {
 	struct policy_check_result res;
@@ -496,12 +506,14 @@ static int ask_daemon(struct policyd_plugin *plugin, struct acl_subject *s, int6
 	switch(res.outcome){
 		case POLICY_ALLOW:
 			note_answer(plugin);
-			remember_answer(plugin, s, &res, now_ms);
+			if(answer_cacheable(s)){
+				remember_answer(plugin, s, &res, now_ms);
+			}
 			return answer_rc(plugin, true);
 		case POLICY_DENY:
 			if(res.disconnect){
 				doom_connection(plugin, s);
-			}else{
+			}else if(answer_cacheable(s)){
 				remember_answer(plugin, s, &res, now_ms);
 			}
 			return on_denied(plugin, s, &res);

@@ -262,3 +262,20 @@ def test_a_revoked_superuser_certificate_gets_nothing(stack):
         assert disconnected(root, timeout=10), "a revoked superuser's session stayed connected"
     finally:
         stack.rules("")
+
+
+def test_an_answer_for_a_retained_messages_publisher_is_never_served_to_its_live_connection(stack):
+    """Mosquitto checks a retained message's publisher with a stand-in client (no connection, no
+    certificate: provenance UNKNOWN), under the publisher's username and client id — the identity its
+    live connection has too. An answer decided without the certificate (no `certificates` rule
+    applies) must not be cached where the live, quarantined device would hit it."""
+    before = stack.device("RetQ", [(CN, "RetQ")], client_id="RetQ").connect()
+    before.client.publish("/device/RetQ/state", "on", qos=1, retain=True).wait_for_publish(5)
+    before.close()
+    time.sleep(0.3)
+    reader = stack.device("admin", [(CN, "admin")], client_id="admin-retq-reader").connect()
+    assert reader.subscribe("/device/RetQ/#") == 1
+    assert ("/device/RetQ/state", b"on") in reader.received(1.5)   # the stand-in was asked: allowed
+    quarantined = stack.device("RetQ2", [(CN, "RetQ"), (O, "quarantine")], client_id="RetQ").connect()
+    assert quarantined.publish("/device/RetQ/state", "now quarantined") == NOT_AUTHORIZED, (
+        "the quarantined device was served the answer decided for its retained message's stand-in")
