@@ -156,3 +156,39 @@ def revision_of(proc: subprocess.CompletedProcess) -> int:
     """The revision a successful fleet command printed last."""
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return int(proc.stdout.strip().split()[-1])
+
+
+class FleetStack:
+    """A PKI, a 3-member etcd cluster with `rules` pushed (at `revision`; a callable is given the
+    PKI and returns them), and what a test starts on it: daemons, brokers and devices, all stopped
+    by close() (devices first)."""
+
+    def __init__(self, prefix: str, rules):
+        from harness import Pki, make_workdir
+
+        self.dir = make_workdir(prefix)
+        self.pki = Pki(self.dir / "pki").issue_base()
+        self.etcd = EtcdCluster(self.dir / "etcd").start()
+        self.source = self.etcd.source()
+        rules_file = self.dir / "rules.yaml"
+        rules_file.write_text(rules(self.pki) if callable(rules) else rules)
+        self.revision = revision_of(fleet_cli(self.source, "push", str(rules_file)))
+        self.daemons: list = []
+        self.brokers: list = []
+        self.opened: list = []
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        return fleet_cli(self.source, *args)
+
+    def close(self) -> None:
+        for dev in self.opened:
+            try:
+                dev.close()
+            except Exception:
+                pass
+        for broker in self.brokers:
+            broker.stop()
+        for daemon in self.daemons:
+            daemon.stop()
+        self.etcd.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)

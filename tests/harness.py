@@ -360,6 +360,18 @@ class Device:
         self.client.loop_stop()
 
 
+def password_listener(pki: Pki, port: int) -> str:
+    """Broker configuration lines for a second TLS listener without client certificates, where
+    clients connect with a username and password."""
+    return f"""
+        listener {port} 127.0.0.1
+        cafile {pki.ca}
+        certfile {pki.server_cert}
+        keyfile {pki.server_key}
+        require_certificate false
+        use_identity_as_username false"""
+
+
 class DelayProxy:
     """A raw-bytes gRPC proxy in front of a real daemon that holds every answer of one method
     (`slow_method`: Authenticate, a slow daemon at CONNECT; or CheckAcl) for `delay` seconds; the

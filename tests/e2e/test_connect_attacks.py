@@ -16,18 +16,16 @@ import time
 
 import paho.mqtt.client as mqtt
 import pytest
-from harness import Broker, BrokerConfig, Device, PolicyDaemon, broker_version, free_port, wait_for
+from harness import Broker, BrokerConfig, Device, PolicyDaemon, broker_version, wait_for
 
 from policyd.identity.passwords import hash_password
 
 from conftest import SEED_RULES
+from test_connect_outage import IDENTITY as IDENTITY_CONFIG
+from test_connect_outage import PASSWORD, PASSWORD_RULES, password_stack
 
 V2_1 = broker_version() >= (2, 1, 0)
-IDENTITY = """
-    auth_opt_policyd_identity cert
-    auth_opt_policyd_timeout_ms 100
-    auth_opt_policyd_breaker_cooldown_ms 5000"""
-PASSWORD = "the meter's own password"
+IDENTITY = IDENTITY_CONFIG.extra
 
 
 def _utf8(s: str) -> bytes:
@@ -100,12 +98,6 @@ def test_a_connect_left_waiting_does_not_lock_its_client_id_out_after_policyd_is
     assert closed, "a CONNECT given up on is still open (it holds its client id for as long as it stays)"
 
 
-PASSWORD_RULES = SEED_RULES + """
-passwords:
-  meter7: "{hash}"
-"""
-
-
 def _port_open(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
@@ -131,16 +123,7 @@ def test_a_sighup_does_not_answer_a_waiting_connect_with_an_offline_sessions_pas
     password each one connected with. Taken for a new CONNECT, the offline session's check would
     supersede a CONNECT waiting with the same client id (an attacker's, with a wrong password) and
     then complete it with the session's own, valid password."""
-    daemon = PolicyDaemon(workdir, PASSWORD_RULES.format(
-        hash=hash_password(PASSWORD.encode(), iterations=2000))).start()
-    port = free_port()
-    broker = Broker(workdir, pki, daemon, BrokerConfig(use_identity_as_username=False, extra=IDENTITY + f"""
-        listener {port} 127.0.0.1
-        cafile {pki.ca}
-        certfile {pki.server_cert}
-        keyfile {pki.server_key}
-        require_certificate false
-        use_identity_as_username false""")).start()
+    daemon, broker, port = password_stack(workdir, pki)
     attacker = None
     try:
         owner, answers = _password_client(port, str(pki.ca), PASSWORD, clean=True)
@@ -234,16 +217,7 @@ def test_a_password_client_whose_password_changed_does_not_stay(workdir, pki):
     kicks it), so no SIGHUP, kept or asked again, can leave it connected."""
     from harness import run_policyd
 
-    daemon = PolicyDaemon(workdir, PASSWORD_RULES.format(
-        hash=hash_password(PASSWORD.encode(), iterations=2000))).start()
-    port = free_port()
-    broker = Broker(workdir, pki, daemon, BrokerConfig(use_identity_as_username=False, extra=IDENTITY + f"""
-        listener {port} 127.0.0.1
-        cafile {pki.ca}
-        certfile {pki.server_cert}
-        keyfile {pki.server_key}
-        require_certificate false
-        use_identity_as_username false""")).start()
+    daemon, broker, port = password_stack(workdir, pki)
     meter, answers = _password_client(port, str(pki.ca), PASSWORD, clean=True)
     gone: queue.Queue = queue.Queue()
     meter.on_disconnect = lambda c, u, flags, rc, props: gone.put(rc)
@@ -317,16 +291,7 @@ def test_a_wrong_password_is_not_kept_at_a_reused_pointer_of_an_expired_session(
     re-authentication of a connection already verified (and kept for want of an answer). Held: 2.1
     never asks an offline session as a CONNECT nor a CONNECT as a re-authentication; on 2.0 the
     SIGHUP leaves (by the code) a live record for the freed session, but no try here landed on it."""
-    daemon = PolicyDaemon(workdir, PASSWORD_RULES.format(
-        hash=hash_password(PASSWORD.encode(), iterations=2000))).start()
-    port = free_port()
-    broker = Broker(workdir, pki, daemon, BrokerConfig(use_identity_as_username=False, extra=IDENTITY + f"""
-        listener {port} 127.0.0.1
-        cafile {pki.ca}
-        certfile {pki.server_cert}
-        keyfile {pki.server_key}
-        require_certificate false
-        use_identity_as_username false""")).start()
+    daemon, broker, port = password_stack(workdir, pki)
     results = []
     try:
         owner = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="meter7", protocol=mqtt.MQTTv5)

@@ -18,7 +18,8 @@ import sys
 import time
 
 import pytest
-from harness import ROOT, Broker, BrokerConfig, Device, PolicyDaemon, broker_version, free_port, wait_for
+from harness import (ROOT, Broker, BrokerConfig, Device, PolicyDaemon, broker_version, free_port, password_listener,
+                     wait_for)
 
 from policyd.identity.passwords import hash_password
 
@@ -163,18 +164,18 @@ passwords:
 """
 
 
-def test_broker_sighup_asks_a_password_client_again_and_keeps_it_through_an_outage_on_2_1(workdir, pki):
-    rules = PASSWORD_RULES.format(hash=hash_password(PASSWORD.encode(), iterations=2000))
-    daemon = PolicyDaemon(workdir, rules).start()
+def password_stack(workdir, pki) -> tuple[PolicyDaemon, Broker, int]:
+    """policyd granting meter7 its password, and a broker in identity mode with a password listener
+    (its port is the third value)."""
+    daemon = PolicyDaemon(workdir, PASSWORD_RULES.format(hash=hash_password(PASSWORD.encode(), iterations=2000)))
+    daemon.start()
     port = free_port()
-    config = BrokerConfig(use_identity_as_username=False, extra=IDENTITY.extra + f"""
-        listener {port} 127.0.0.1
-        cafile {pki.ca}
-        certfile {pki.server_cert}
-        keyfile {pki.server_key}
-        require_certificate false
-        use_identity_as_username false""")
-    broker = Broker(workdir, pki, daemon, config).start()
+    config = BrokerConfig(use_identity_as_username=False, extra=IDENTITY.extra + password_listener(pki, port))
+    return daemon, Broker(workdir, pki, daemon, config).start(), port
+
+
+def test_broker_sighup_asks_a_password_client_again_and_keeps_it_through_an_outage_on_2_1(workdir, pki):
+    daemon, broker, port = password_stack(workdir, pki)
     meter = PasswordClient(dict(broker=broker, pki=pki, password_port=port), "meter7", PASSWORD).connect()
     try:
         # Daemon up: asked again on the broker's thread (never as a new, delayed CONNECT).

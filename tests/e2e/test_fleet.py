@@ -4,13 +4,12 @@ cluster in the state the next one starts from (the last ones take etcd members d
 
 from __future__ import annotations
 
-import shutil
 import time
 
 import pytest
 
-from etcd_harness import EtcdCluster, FleetDaemon, fleet_cli, revision_of
-from harness import Broker, BrokerConfig, Device, Pki, make_workdir, wait_for
+from etcd_harness import FleetDaemon, FleetStack, revision_of
+from harness import Broker, BrokerConfig, Device, wait_for
 from policyd.fleet.layout import EPOCH_SCALE
 
 ADMINISTRATIVE_ACTION = 0x98
@@ -33,30 +32,20 @@ RULES_V2 = RULES + """\
 """
 
 
-class Fleet:
+class Fleet(FleetStack):
     def __init__(self):
-        self.dir = make_workdir("policyd-fleet-")
-        self.pki = Pki(self.dir / "pki").issue_base()
-        self.etcd = EtcdCluster(self.dir / "etcd").start()
-        self.source = self.etcd.source()
-        rules = self.dir / "rules.yaml"
-        rules.write_text(RULES)
-        self.revision = revision_of(fleet_cli(self.source, "push", str(rules)))
+        super().__init__("policyd-fleet-", RULES)
         # daemon "a" keeps a state directory: it is the one restarted while etcd is down
         self.daemons = [FleetDaemon(self.dir / "a", self.source, "--state-dir", str(self.dir / "a" / "state")),
                         FleetDaemon(self.dir / "b", self.source)]
         for daemon in self.daemons:
             daemon.start()
         self.brokers = [Broker(d.workdir, self.pki, d, BrokerConfig()).start() for d in self.daemons]
-        self.opened: list[Device] = []
 
     def device(self, broker: Broker, cn: str, client_id: str | None = None) -> Device:
         dev = Device(broker, cn, client_id=client_id or f"{cn}-{broker.port}").connect()
         self.opened.append(dev)
         return dev
-
-    def cli(self, *args: str):
-        return fleet_cli(self.source, *args)
 
     def wait_generation(self, revision: int, timeout: float = 10) -> None:
         """Both daemons at `revision`, announcing one generation that names it."""
@@ -67,19 +56,6 @@ class Fleet:
 
     def revisions(self) -> list[int]:
         return [d.revision() for d in self.daemons]
-
-    def close(self) -> None:
-        for dev in self.opened:
-            try:
-                dev.close()
-            except Exception:
-                pass
-        for broker in self.brokers:
-            broker.stop()
-        for daemon in self.daemons:
-            daemon.stop()
-        self.etcd.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,11 @@ asks the plugin at CONNECT. Real parts: a 3-member etcd cluster, a fleet daemon,
 
 from __future__ import annotations
 
-import shutil
 
 import pytest
 
-from etcd_harness import EtcdCluster, FleetDaemon, fleet_cli, revision_of
-from harness import Broker, BrokerConfig, Device, Pki, make_workdir, wait_for
+from etcd_harness import FleetDaemon, FleetStack, fleet_cli, revision_of
+from harness import Broker, BrokerConfig, Device, wait_for
 
 ADMINISTRATIVE_ACTION = 0x98
 NOT_AUTHORIZED = 0x87
@@ -31,21 +30,16 @@ patterns:
 """
 
 
-class Stack:
+class Stack(FleetStack):
     def __init__(self):
-        self.dir = make_workdir("policyd-fleet-connect-")
-        self.pki = Pki(self.dir / "pki").issue_base()
-        self.etcd = EtcdCluster(self.dir / "etcd").start()
-        self.source = self.etcd.source()
-        rules = self.dir / "rules.yaml"
-        rules.write_text(RULES.format(ca=self.pki.ca))
-        revision_of(fleet_cli(self.source, "push", str(rules)))
+        super().__init__("policyd-fleet-connect-", lambda pki: RULES.format(ca=pki.ca))
         self.daemon = FleetDaemon(self.dir / "d", self.source).start()
         self.identity_broker = Broker(self.dir / "d", self.pki, self.daemon, IDENTITY_MODE).start()
         sub = self.dir / "broker-mode"
         sub.mkdir(mode=0o755)
         self.broker_mode = Broker(sub, self.pki, self.daemon, BrokerConfig()).start()
-        self.opened: list[Device] = []
+        self.daemons = [self.daemon]
+        self.brokers = [self.identity_broker, self.broker_mode]
 
     def device(self, broker: Broker, cn: str, client_id: str) -> Device:
         dev = Device(broker, cn, client_id=client_id)
@@ -55,18 +49,6 @@ class Stack:
     def revoke(self, name: str) -> None:
         revision = revision_of(fleet_cli(self.source, "device", "revoke", name, "--reason", "stolen"))
         wait_for(lambda: self.daemon.revision() == revision, 10, "the daemon at the revoke", interval=0.1)
-
-    def close(self) -> None:
-        for dev in self.opened:
-            try:
-                dev.close()
-            except Exception:
-                pass
-        self.identity_broker.stop()
-        self.broker_mode.stop()
-        self.daemon.stop()
-        self.etcd.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

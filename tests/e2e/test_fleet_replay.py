@@ -8,7 +8,6 @@ when it cannot prove that (history compacted), has the broker disconnect every c
 from __future__ import annotations
 
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -16,8 +15,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from etcd_harness import EtcdCluster, FleetDaemon, fleet_cli, revision_of
-from harness import Broker, BrokerConfig, Device, Pki, free_port, make_workdir, wait_for
+from etcd_harness import FleetDaemon, FleetStack, revision_of
+from harness import Broker, BrokerConfig, Device, free_port, wait_for
 
 ADMINISTRATIVE_ACTION = 0x98
 
@@ -42,18 +41,10 @@ class TcpFleetDaemon(FleetDaemon):
         return f"127.0.0.1:{self.port}"
 
 
-class Stack:
+class Stack(FleetStack):
     def __init__(self):
-        self.dir = make_workdir("policyd-replay-")
-        self.pki = Pki(self.dir / "pki").issue_base()
-        self.etcd = EtcdCluster(self.dir / "etcd").start()
-        self.source = self.etcd.source()
-        rules = self.dir / "rules.yaml"
-        rules.write_text(RULES)
-        revision_of(fleet_cli(self.source, "push", str(rules)))
+        super().__init__("policyd-replay-", RULES)
         self.daemons = [TcpFleetDaemon(self.dir / n, self.source).start() for n in ("a", "b")]
-        self.brokers: list[Broker] = []
-        self.opened: list[Device] = []
 
     def broker(self, *daemons: FleetDaemon) -> Broker:
         sub = self.dir / f"broker{len(self.brokers)}"
@@ -72,22 +63,6 @@ class Stack:
         # (checks fail closed meanwhile): wait for the first answer
         wait_for(lambda: dev.publish(f"/device/{cn}/t", b"before") == 0, 10, f"{cn} allowed", interval=0.2)
         return dev
-
-    def cli(self, *args: str):
-        return fleet_cli(self.source, *args)
-
-    def close(self) -> None:
-        for dev in self.opened:
-            try:
-                dev.close()
-            except Exception:
-                pass
-        for broker in self.brokers:
-            broker.stop()
-        for daemon in self.daemons:
-            daemon.stop()
-        self.etcd.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

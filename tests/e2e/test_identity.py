@@ -23,8 +23,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from harness import (Broker, BrokerConfig, Device, Pki, PolicyDaemon, free_port, make_workdir, run_policyd,
-                     wait_for)
+from harness import (Broker, BrokerConfig, Device, Pki, PolicyDaemon, free_port, make_workdir, password_listener,
+                     run_policyd, wait_for)
 
 from policyd.identity.passwords import hash_password
 
@@ -98,14 +98,8 @@ def stack():
     daemon = PolicyDaemon(work, RULES.format(ca=pinned_ca, revoked_serial=revoked.serial_number,
                                              alice_hash=alice_hash)).start()
     password_port = free_port()  # a second listener: TLS without client certificates
-    config = BrokerConfig(use_identity_as_username=False, extra=f"""
-        auth_opt_policyd_identity cert
-        listener {password_port} 127.0.0.1
-        cafile {pki.ca}
-        certfile {pki.server_cert}
-        keyfile {pki.server_key}
-        require_certificate false
-        use_identity_as_username false""")
+    config = BrokerConfig(use_identity_as_username=False,
+                          extra="auth_opt_policyd_identity cert\n" + password_listener(pki, password_port))
     broker = Broker(work, pki, daemon, config).start()
     yield dict(work=work, pki=pki, issuer=issuer, stranger=stranger, daemon=daemon, broker=broker,
                pinned_ca=pinned_ca, password_port=password_port)

@@ -12,8 +12,8 @@ import pytest
 
 import socket
 
-from harness import (Broker, BrokerConfig, PolicyDaemon, Pki, broker_version, free_port, make_workdir, run_policyd,
-                     wait_for)
+from harness import (Broker, BrokerConfig, PolicyDaemon, Pki, broker_version, free_port, make_workdir, password_listener,
+                     run_policyd, wait_for)
 
 # Mosquitto 2.0 drops an entry it cannot decode and starts; 2.1 refuses to start with it.
 PLAIN_LINE_DROPPED = broker_version() < (2, 1, 0)
@@ -45,16 +45,6 @@ def connack(port: int, ca, username: str, password: str) -> int:
     finally:
         client.disconnect()
         client.loop_stop()
-
-
-def password_listener(pki: Pki, port: int) -> str:
-    return f"""
-        listener {port} 127.0.0.1
-        cafile {pki.ca}
-        certfile {pki.server_cert}
-        keyfile {pki.server_key}
-        require_certificate false
-        use_identity_as_username false"""
 
 
 @pytest.fixture(scope="module")
