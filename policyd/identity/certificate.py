@@ -33,6 +33,7 @@ _SUBJECT_OIDS = {
     "C": NameOID.COUNTRY_NAME, "ST": NameOID.STATE_OR_PROVINCE_NAME, "L": NameOID.LOCALITY_NAME,
     "DC": NameOID.DOMAIN_COMPONENT,
 }
+_SUBJECT_NAMES = {oid: name for name, oid in _SUBJECT_OIDS.items()}
 _SAN_KINDS = {"san_dns": x509.DNSName, "san_uri": x509.UniformResourceIdentifier,
               "san_email": x509.RFC822Name}
 _FIELD = re.compile(r"\{([A-Za-z_]+)\}")
@@ -122,8 +123,15 @@ def _values(cert: x509.Certificate) -> dict[str, tuple[str, ...]]:
     """Subject attributes, SANs and the serial as text; undecodable text refuses."""
     out: dict[str, tuple[str, ...]] = {}
     try:
-        for name, oid in _SUBJECT_OIDS.items():
-            out[name] = tuple(_text(a.value) for a in cert.subject.get_attributes_for_oid(oid))
+        # One pass over the subject, each value in the order written (as get_attributes_for_oid
+        # gives them): one call per field name walked the whole subject seven times.
+        subject: dict[str, list[str]] = {}
+        for attribute in cert.subject:
+            name = _SUBJECT_NAMES.get(attribute.oid)
+            if name is not None:
+                subject.setdefault(name, []).append(_text(attribute.value))
+        for name in _SUBJECT_OIDS:
+            out[name] = tuple(subject.get(name, ()))
         sans = _san(cert)
         for name, kind in _SAN_KINDS.items():
             out[name] = tuple(_text(v) for v in sans.get_values_for_type(kind)) if sans else ()

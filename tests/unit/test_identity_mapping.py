@@ -73,6 +73,31 @@ def test_cn_is_the_default_identity_and_attributes_are_collected():
     assert "serial" not in got.attributes
 
 
+def test_subject_fields_are_read_in_one_pass_as_each_field_alone_would_read_them():
+    """Every field name's values in the order written, across multi-valued RDNs, with fields
+    policyd does not map left out: what one get_attributes_for_oid per field gives."""
+    from policyd.identity import certificate
+
+    name = x509.Name([
+        x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "acme"),
+                                        x509.NameAttribute(OU, "eu")]),
+        x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.EMAIL_ADDRESS, "x@example.org")]),
+        x509.RelativeDistinguishedName([x509.NameAttribute(OU, "sensors")]),
+        x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.DOMAIN_COMPONENT, "org"),
+                                        x509.NameAttribute(NameOID.DOMAIN_COMPONENT, "example")]),
+        x509.RelativeDistinguishedName([x509.NameAttribute(CN, "Device9")]),
+    ])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(CA_NAME)
+            .public_key(ec.generate_private_key(ec.SECP256R1()).public_key()).serial_number(9)
+            .not_valid_before(NOW - dt.timedelta(days=1)).not_valid_after(NOW + dt.timedelta(days=1))
+            .sign(CA_KEY, hashes.SHA256()))
+    values = certificate._values(cert)
+    for field, oid in certificate._SUBJECT_OIDS.items():
+        assert values[field] == tuple(a.value for a in cert.subject.get_attributes_for_oid(oid)), field
+    assert values["OU"] == ("eu", "sensors") and values["C"] == ()
+    assert "x@example.org" not in {v for vs in values.values() for v in vs}
+
+
 @pytest.mark.parametrize("name, general, expected", [
     ("san-dns", x509.DNSName("d1.example"), "d1.example"),
     ("san-email", x509.RFC822Name("d1@example.org"), "d1@example.org"),
