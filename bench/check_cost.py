@@ -41,6 +41,7 @@ from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives.serialization import Encoding  # noqa: E402
 
 from policyd.engine import Access, Request  # noqa: E402
+from policyd.engine.policy import Identity  # noqa: E402
 from policyd.engine.scope import cache_scope, more_scopes  # noqa: E402
 from policyd.identity import certificate  # noqa: E402
 from policyd.identity.verify import checked_client  # noqa: E402
@@ -169,7 +170,8 @@ def sections(service: PolicyService, requests: list[pb.CheckAclRequest]) -> dict
     clock = time.perf_counter
     out: dict[str, list[float]] = {k: [] for k in (
         "parse (read_certificate)", "identify (revoked, pin, expiry, name)", "checked_client (rest)",
-        "decide", "cache_scope", "more_scopes", "response protobuf", "histogram observe")}
+        "identity and rule sets (Identity.of, stages)", "decide", "cache_scope", "more_scopes",
+        "response protobuf", "histogram observe")}
     policy = service.store.current
     for req in requests:
         t0 = clock()
@@ -180,11 +182,14 @@ def sections(service: PolicyService, requests: list[pb.CheckAclRequest]) -> dict
         client = checked_client(req, policy)
         t3 = clock()
         subject = Request(req.username, req.client_id, req.topic, Access(req.access), client.attributes)
-        decision = policy.decide(subject)
+        ident = Identity.of(req.username, req.client_id)
+        stages = policy.stages(ident, client.attributes)
+        t3b = clock()
+        decision = policy.decide(subject, ident, stages)
         t4 = clock()
-        scope = cache_scope(policy, subject, decision)
+        scope = cache_scope(policy, subject, decision, ident, stages)
         t5 = clock()
-        found = more_scopes(policy, subject)
+        found = more_scopes(policy, subject, ident=ident, stages=stages)
         t6 = clock()
         pb.CheckAclResponse(result=pb.RESULT_ALLOW, generation=policy.generation, cache_ttl_ms=5000,
                             rule=str(decision.rule) if decision.rule is not None else decision.reason,
@@ -193,7 +198,7 @@ def sections(service: PolicyService, requests: list[pb.CheckAclRequest]) -> dict
         t7 = clock()
         service.latency.observe(t7 - t6)
         t8 = clock()
-        for key, dt in zip(out, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, t7 - t6, t8 - t7)):
+        for key, dt in zip(out, (t1 - t0, t2 - t1, t3 - t2, t3b - t3, t4 - t3b, t5 - t4, t6 - t5, t7 - t6, t8 - t7)):
             out[key].append(dt)
     return out
 

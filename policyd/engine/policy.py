@@ -370,8 +370,12 @@ class CompiledPolicy:
             revoked_identities=(self.revoked_identities if revoked_identities is None
                                 else frozenset(revoked_identities)))
 
-    def decide(self, request: Request) -> Decision:
-        decision = _evaluate(self, request, None)
+    def decide(self, request: Request, ident: Optional[Identity] = None,
+               stages: Optional[tuple[tuple[RuleSet, ...], ...]] = None) -> Decision:
+        """`ident` and `stages`, when given, are Identity.of(request.username, request.clientid)
+        and self.stages(ident, request.attributes): one client's several questions in one check
+        (its answer, then the scopes sent ahead) work them out once."""
+        decision = _evaluate(self, request, None, ident, stages)
         # Read after the tables: a retirement that began during the decision is seen here.
         return RETIRED if self.lifecycle.retired else decision
 
@@ -428,7 +432,8 @@ def _subject(access: Access, topic: str) -> tuple[str, ...]:
     return topics.validate_name(topic)
 
 
-def _evaluate(policy: CompiledPolicy, request: Request, trace: Optional[list[TraceStep]]) -> Decision:
+def _evaluate(policy: CompiledPolicy, request: Request, trace: Optional[list[TraceStep]],
+              ident: Optional[Identity] = None, stages=None) -> Decision:
     access = Access(request.access)
     if access is Access.UNSUBSCRIBE:
         return Decision(True, "unsubscribe-always-allowed")
@@ -439,7 +444,8 @@ def _evaluate(policy: CompiledPolicy, request: Request, trace: Optional[list[Tra
         subject = _subject(access, topic)
     except topics.TopicError as exc:
         return Decision(False, f"invalid-topic: {exc}")
-    ident = Identity.of(request.username, request.clientid)
+    if ident is None:
+        ident = Identity.of(request.username, request.clientid)
     unbound = _client_id_problem(policy, ident)
     if unbound:
         return Decision(False, f"client-id-not-bound: {unbound}", ends_session=True)
@@ -449,7 +455,9 @@ def _evaluate(policy: CompiledPolicy, request: Request, trace: Optional[list[Tra
     if access is Access.SUBSCRIBE and policy.order == MOSQUITTO:
         return Decision(True, "subscribe-granted: order mosquitto checks each message at delivery")
 
-    for number, stage in enumerate(policy.stages(ident, request.attributes)):
+    if stages is None:
+        stages = policy.stages(ident, request.attributes)
+    for number, stage in enumerate(stages):
         if number and policy.order == MOSQUITTO and _wildcard_identity(request):
             return Decision(False, "wildcard-identity: a username or client id with + or # "
                                    "gets nothing from patterns (order mosquitto)")

@@ -24,7 +24,6 @@ and "covers" is not a per-topic property the shim could match.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Optional
 
 from . import topics
@@ -38,11 +37,13 @@ PROBE_LEVEL = "x"
 MORE_SCOPES_MAX = 8
 
 
-def cache_scope(policy: CompiledPolicy, request: Request, decision: Decision) -> Optional[str]:
-    """A filter over which `decision` holds for this identity and access, or None."""
+def cache_scope(policy: CompiledPolicy, request: Request, decision: Decision, ident: Optional[Identity] = None,
+                stages=None) -> Optional[str]:
+    """A filter over which `decision` holds for this identity and access, or None.
+    `ident` and `stages`: as for CompiledPolicy.decide (worked out here when not given)."""
     if Access(request.access) not in (Access.READ, Access.WRITE) or not isinstance(request.topic, (str, bytes)):
         return None
-    scope = _scope(policy, request, decision)
+    scope = _scope(policy, request, decision, ident, stages)
     topic = request.topic.decode("utf-8", "replace") if isinstance(request.topic, bytes) else request.topic
     # Belt and braces: a scope that does not even hold the asked topic is a bug; send none.
     if scope is None or not topics.matches(topics.split(scope), topics.split(topic)):
@@ -50,16 +51,19 @@ def cache_scope(policy: CompiledPolicy, request: Request, decision: Decision) ->
     return scope
 
 
-def _scope(policy: CompiledPolicy, request: Request, decision: Decision) -> Optional[str]:
-    ident = Identity.of(request.username, request.clientid)
+def _scope(policy: CompiledPolicy, request: Request, decision: Decision, ident: Optional[Identity],
+           stages) -> Optional[str]:
     if decision.allowed and decision.reason == "superuser":
         return MATCH_EVERYTHING
     rule = decision.rule
     if not isinstance(rule, CompiledRule):
         return None
-    # the same call policy._evaluate makes, so `certificates` entries matched by the
-    # request's attributes are included
-    stages = policy.stages(ident, request.attributes)
+    if ident is None:
+        ident = Identity.of(request.username, request.clientid)
+    if stages is None:
+        # the same call policy._evaluate makes, so `certificates` entries matched by the
+        # request's attributes are included
+        stages = policy.stages(ident, request.attributes)
     deciding = next((i for i, stage in enumerate(stages) if any(rule in rs.denies or rule in rs.allows
                                                                   for rs in stage)), None)
     if deciding is None:
@@ -107,20 +111,25 @@ def _join(levels: tuple[str, ...]) -> str:
     return "/".join(levels)
 
 
-def more_scopes(policy: CompiledPolicy, request: Request, limit: int = MORE_SCOPES_MAX) -> list[tuple[Access, str]]:
+def more_scopes(policy: CompiledPolicy, request: Request, limit: int = MORE_SCOPES_MAX,
+                ident: Optional[Identity] = None, stages=None) -> list[tuple[Access, str]]:
     """Scopes the client's READ and WRITE allows reach, sent ahead of the checks that would find them.
 
     Nothing is proved here: each is what a check of one topic under an allow rule's filter
     would get (the engine's decision for that topic, then cache_scope), so a scope sent ahead
     is exactly one a later miss could have brought. At most `limit` per access, and as many
-    probes as that needs twice over, whatever the number of rules.
+    probes as that needs twice over, whatever the number of rules. `ident` and `stages`: as for
+    CompiledPolicy.decide; every probe is the same client's, so they are worked out once.
     """
-    ident = Identity.of(request.username, request.clientid)
+    if ident is None:
+        ident = Identity.of(request.username, request.clientid)
+    if stages is None:
+        stages = policy.stages(ident, request.attributes)
     probes: list[tuple[frozenset, str]] = []
     if ident.username_safe and ident.username in policy.superusers:
         probes.append((frozenset((Access.READ, Access.WRITE)), PROBE_LEVEL))
     else:
-        for stage in policy.stages(ident, request.attributes):
+        for stage in stages:
             for rules in stage:
                 for rule in rules.allows:
                     levels = rule.expand(ident)
@@ -135,9 +144,9 @@ def more_scopes(policy: CompiledPolicy, request: Request, limit: int = MORE_SCOP
                 break
             if access not in grants:
                 continue
-            probe = dataclasses.replace(request, topic=topic, access=access)
-            decision = policy.decide(probe)
-            scope = cache_scope(policy, probe, decision) if decision.allowed else None
+            probe = Request(request.username, request.clientid, topic, access, request.attributes)
+            decision = policy.decide(probe, ident, stages)
+            scope = cache_scope(policy, probe, decision, ident, stages) if decision.allowed else None
             if scope is not None and scope not in scopes:
                 scopes.append(scope)
         found += [(access, scope) for scope in scopes]

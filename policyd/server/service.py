@@ -11,6 +11,7 @@ import grpc
 
 from .. import __version__
 from ..engine import Access, Problem, Request
+from ..engine.policy import Identity
 from ..engine.scope import cache_scope, more_scopes
 from ..identity.authenticate import Authenticator, password_kicks
 from ..identity.verify import checked_client
@@ -140,32 +141,36 @@ class PolicyService(pb_grpc.PolicyServicer):
             if client.refusal is not None:
                 return policy, client.refusal, None, b"", []
             subject = Request(username, request.client_id, request.topic, access, client.attributes)
-            decision = policy.decide(subject)
-            scope = self._scope(policy, subject, decision) if decision.allowed or not self.dry_run else b""
-            more = self._more_scopes(policy, subject) if request.want_scopes else []
+            # Once for the answer and every scope probe (an UNSUBSCRIBE needs neither).
+            ident = Identity.of(username, request.client_id) if access is not Access.UNSUBSCRIBE else None
+            stages = policy.stages(ident, client.attributes) if ident is not None else None
+            decision = policy.decide(subject, ident, stages)
+            scope = (self._scope(policy, subject, decision, ident, stages) if decision.allowed or not self.dry_run
+                     else b"")
+            more = self._more_scopes(policy, subject, ident, stages) if request.want_scopes else []
             if not policy.retired:  # read after the scopes: they read the tables too
                 return policy, None, decision, scope, more
         self._errors.warning("retired", "a check kept meeting retired policies: denied")
         return policy, None, decision, b"", []
 
-    def _more_scopes(self, policy, subject: Request) -> list[pb.ScopeGrant]:
+    def _more_scopes(self, policy, subject: Request, ident: Identity | None, stages) -> list[pb.ScopeGrant]:
         """The client's allows under filters, for a shim that holds none of its answers yet.
         None under --dry-run (its answers are not the policy's) or without caching."""
         if self.cache_ttl_ms <= 0 or self.dry_run:
             return []
         try:
-            found = more_scopes(policy, subject)
+            found = more_scopes(policy, subject, ident=ident, stages=stages)
         except Exception:  # a missing scope only costs round trips; a wrong one never happens
             self._errors.exception("scope", "scopes sent ahead failed: none sent")
             return []
         return [pb.ScopeGrant(access=int(access), scope=scope.encode("utf-8")) for access, scope in found]
 
-    def _scope(self, policy, subject: Request, decision) -> bytes:
+    def _scope(self, policy, subject: Request, decision, ident: Identity | None, stages) -> bytes:
         """The filter the answer provably holds for (empty: this topic only)."""
         if self.cache_ttl_ms <= 0:
             return b""
         try:
-            scope = cache_scope(policy, subject, decision)
+            scope = cache_scope(policy, subject, decision, ident, stages)
         except Exception:  # a missing scope only costs round trips; a wrong one never happens
             self._errors.exception("scope", "cache scope computation failed: answer cached per topic")
             return b""
