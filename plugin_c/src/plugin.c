@@ -72,6 +72,9 @@ int mosquitto_plugin_version(int supported_version_count, const int *supported_v
 /* ... and while CONNECTs wait for policyd (2.1, identity mode), how soon
  * their answers are handed to the broker. */
 #define PLUGIN_TICK_CONNECT_MS 5
+/* 2.0 runs the tick on every pass of its loop, one pass per packet when
+ * busy: sweeps and stats run at most this often, kicks on every pass. */
+#define PLUGIN_TICK_HOUSEKEEPING_MS 10
 
 /* MOSQ_EVT_TICK (main thread). Anything else that must run periodically
  * belongs in here too, one call each. */
@@ -85,10 +88,13 @@ static int plugin_on_tick(int event, void *event_data, void *userdata)
 
 		tick_wake_ticked(plugin->tick_wake, now);
 		auth_delayed_on_tick(plugin);
-		watch_on_tick(plugin->watch, plugin->conns);
-		conn_sweep(plugin->conns, now);
-		stats_on_tick(plugin, now);
-		acl_on_tick(plugin, now);
+		watch_on_tick(plugin->watch, plugin->conns, now);
+		if(now >= plugin->housekeeping_due_ms){
+			plugin->housekeeping_due_ms = now + PLUGIN_TICK_HOUSEKEEPING_MS;
+			conn_sweep(plugin->conns, now);
+			stats_on_tick(plugin, now);
+			acl_on_tick(plugin, now);
+		}
 		if(auth_delayed_waiting(plugin->auth_delayed)){
 			broker_request_tick(event_data, PLUGIN_TICK_CONNECT_MS);
 		}

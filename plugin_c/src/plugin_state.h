@@ -66,6 +66,7 @@ struct policyd_plugin {
 	int64_t sweep_resume_ms;              /* no new sweep pass before this (acl.c) */
 	struct breaker breaker;
 	int64_t stats_next_ms;                /* next periodic stats line/report */
+	int64_t housekeeping_due_ms;          /* next sweeps and stats at TICK (plugin.c) */
 	/* TICK watchdog (acl.c): Mosquitto 2.0 with per_listener_settings true
 	 * sends no MOSQ_EVT_TICK, and kicks, Watch events and stats stop. */
 	int64_t last_tick_ms;                 /* 0: none yet */

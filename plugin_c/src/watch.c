@@ -113,8 +113,14 @@ struct policyd_watch {
 	struct pending_dooms dooms;          /* under lock */
 	struct watch_stats stats;            /* under lock */
 	struct stream_state state;           /* under lock */
+	/* Raised by the watch thread, before it lets go of the lock, after any
+	 * change the main thread acts on or logs: an idle TICK (every pass of
+	 * 2.0's loop) then costs one atomic load instead of the lock. */
+	_Atomic uint64_t news;
 
 	/* Main thread only. */
+	uint64_t news_seen;                  /* `news` when the main thread last took everything */
+	bool names_queued;                   /* the kick queue still held names then */
 	struct stream_state logged;
 	struct log_limiter kick_log;
 	struct log_limiter drop_log;
@@ -180,6 +186,14 @@ static size_t kick_dequeue(struct policyd_watch *w, char **out, size_t max)
 
 /* ------------------------------------------------------------- events */
 
+/* Watch thread, under lock: the last step of any change the main thread must see. */
+static void news_unlock(struct policyd_watch *w)
+{
+	atomic_fetch_add_explicit(&w->news, 1, memory_order_release);
+	pthread_mutex_unlock(&w->lock);
+}
+
+
 static void generation_raise(_Atomic uint64_t *generation, uint64_t seen)
 {
 	uint64_t cur = atomic_load(generation);
@@ -240,7 +254,7 @@ static bool event_apply(struct policyd_watch *w, grpc_byte_buffer *buf)
 	if(!grpc_byte_buffer_reader_init(&reader, buf)){
 		pthread_mutex_lock(&w->lock);
 		w->stats.bad_events++;
-		pthread_mutex_unlock(&w->lock);
+		news_unlock(w);
 		return false;
 	}
 	flat = grpc_byte_buffer_reader_readall(&reader);
@@ -250,7 +264,7 @@ static bool event_apply(struct policyd_watch *w, grpc_byte_buffer *buf)
 	if(ev == NULL){
 		pthread_mutex_lock(&w->lock);
 		w->stats.bad_events++;
-		pthread_mutex_unlock(&w->lock);
+		news_unlock(w);
 		return false;
 	}
 	/* The generation first: a kicked client that reconnects at once must
@@ -285,7 +299,7 @@ static bool event_apply(struct policyd_watch *w, grpc_byte_buffer *buf)
 	if(ev->has_revocations && revocations_add_chunk(w, ev)){
 		act = true;
 	}
-	pthread_mutex_unlock(&w->lock);
+	news_unlock(w);
 	policyd__v1__policy_event__free_unpacked(ev, NULL);
 	/* Kicks wait for the main thread's tick: have it come now. */
 	if(act){
@@ -423,7 +437,7 @@ static void stream_record_end(struct policyd_watch *w, grpc_status_code status, 
 	snprintf(w->state.last_status, sizeof(w->state.last_status), "status %d%s%s",
 			(int)status, text[0] ? ": " : "", text);
 	w->call = NULL;
-	pthread_mutex_unlock(&w->lock);
+	news_unlock(w);
 }
 
 
@@ -452,7 +466,7 @@ static bool stream_run(struct policyd_watch *w)
 	w->state.asked_from = known;
 	digest_len = w->state.digest_len;
 	memcpy(digest, w->state.digest, digest_len);
-	pthread_mutex_unlock(&w->lock);
+	news_unlock(w);
 	request = encode_request(w->broker_id, known, digest, digest_len);
 	grpc_metadata_array_init(&initial_md);
 	grpc_metadata_array_init(&trailing_md);
@@ -764,41 +778,43 @@ static void kick_unmatched(struct policyd_watch *w, int64_t deadline_ms)
 		}
 		free(name);
 	}
-	pthread_mutex_lock(&w->lock);
-	w->stats.kicks_done += done;
-	w->stats.kicks_failed += failed;
-	pthread_mutex_unlock(&w->lock);
+	if(done + failed > 0){
+		pthread_mutex_lock(&w->lock);
+		w->stats.kicks_done += done;
+		w->stats.kicks_failed += failed;
+		pthread_mutex_unlock(&w->lock);
+	}
 }
 
 
-/* Main thread: certificate revocations and class kicks become marked
- * connections, then up to KICKS_PER_TICK of those are disconnected. */
-static void apply_dooms(struct policyd_watch *w, struct conn_table *conns, int64_t deadline_ms)
+/* Certificate revocations and class kicks become marked connections. */
+static void mark_dooms(struct conn_table *conns, struct pending_dooms *dooms)
 {
-	struct pending_dooms dooms;
-	size_t marked = 0, kicked, failed;
+	size_t marked = 0;
 
-	pthread_mutex_lock(&w->lock);
-	dooms = w->dooms;
-	w->dooms.complete = NULL;
-	w->dooms.all_named = w->dooms.anonymous = false;
-	pthread_mutex_unlock(&w->lock);
-
-	if(dooms.complete != NULL){
-		marked += conn_doom_revoked(conns, dooms.complete);
-		conn_revocations_free(dooms.complete);
+	if(dooms->complete != NULL){
+		marked += conn_doom_revoked(conns, dooms->complete);
+		conn_revocations_free(dooms->complete);
 	}
-	if(dooms.all_named){
+	if(dooms->all_named){
 		marked += conn_doom_class(conns, true);
 	}
-	if(dooms.anonymous){
+	if(dooms->anonymous){
 		marked += conn_doom_class(conns, false);
 	}
 	if(marked > 0){
 		plog(MOSQ_LOG_NOTICE, "disconnecting %zu client(s): the new policy revokes their certificate or "
-				"took access from %s", marked, dooms.all_named || dooms.anonymous
+				"took access from %s", marked, dooms->all_named || dooms->anonymous
 				? "their whole class of clients" : "them");
 	}
+}
+
+
+/* Up to KICKS_PER_TICK marked connections are disconnected. */
+static void kick_doomed(struct policyd_watch *w, struct conn_table *conns, int64_t deadline_ms)
+{
+	size_t kicked, failed;
+
 	kicked = conn_kick_doomed(conns, KICKS_PER_TICK, deadline_ms, &failed);
 	if(kicked > 0){
 		pthread_mutex_lock(&w->lock);
@@ -809,42 +825,26 @@ static void apply_dooms(struct policyd_watch *w, struct conn_table *conns, int64
 }
 
 
-void watch_on_tick(struct policyd_watch *w, struct conn_table *conns)
+/* Logs what changed since the last look. */
+static void log_news(struct policyd_watch *w, const struct stream_state *state,
+		uint64_t dropped, uint64_t bad, uint64_t incomplete)
 {
-	int64_t started = monotonic_ms();
-	struct stream_state state;
-	uint64_t dropped, bad, incomplete;
-	size_t n;
-
-	if(w == NULL){
-		return;
-	}
-	pthread_mutex_lock(&w->lock);
-	/* New names only once the last batch is done: the queue holds the rest. */
-	n = w->unmatched_next < w->unmatched_end ? 0 : kick_dequeue(w, w->tick_names, KICK_NAMES_PER_TICK);
-	state = w->state;
-	dropped = w->stats.kicks_dropped;
-	bad = w->stats.bad_events;
-	incomplete = w->stats.replays_incomplete;
-	pthread_mutex_unlock(&w->lock);
-
 	if(incomplete != w->incomplete_logged){
 		/* At most once per reopened stream, itself backed off: no limiter needed. */
 		plog(MOSQ_LOG_WARNING, "Watch stream reopened at policy generation %" PRIu64 ", but policyd "
 				"cannot prove it replayed every kick since generation %" PRIu64 ": disconnecting every "
 				"client, each is checked under the policy in force when it reconnects",
-				state.generation, state.asked_from);
+				state->generation, state->asked_from);
 		w->incomplete_logged = incomplete;
 	}
-
 	if(bad != w->bad_logged && log_limiter_admit(&w->bad_log)){
 		plog_admitted(&w->bad_log, MOSQ_LOG_ERR, "%" PRIu64 " undecodable Watch events ignored",
 				bad - w->bad_logged);
 		w->bad_logged = bad;
 	}
-	if(state.opened != w->logged.opened || state.generation != w->logged.generation
-			|| state.losses != w->logged.losses){
-		log_stream_changes(w, &state);
+	if(state->opened != w->logged.opened || state->generation != w->logged.generation
+			|| state->losses != w->logged.losses){
+		log_stream_changes(w, state);
 	}
 	if(dropped != w->dropped_logged && log_limiter_admit(&w->drop_log)){
 		plog_admitted(&w->drop_log, MOSQ_LOG_ERR, "%" PRIu64 " kicks dropped (queue full or unusable "
@@ -852,9 +852,51 @@ void watch_on_tick(struct policyd_watch *w, struct conn_table *conns)
 				"by the new policy", dropped - w->dropped_logged);
 		w->dropped_logged = dropped;
 	}
+}
+
+
+/* Takes what the watch thread gathered: names to kick, dooms, counters to log. */
+static void take_news(struct policyd_watch *w, struct conn_table *conns)
+{
+	struct stream_state state;
+	struct pending_dooms dooms;
+	uint64_t dropped, bad, incomplete;
+	size_t n;
+
+	pthread_mutex_lock(&w->lock);
+	/* New names only once the last batch is done: the queue holds the rest. */
+	n = w->unmatched_next < w->unmatched_end ? 0 : kick_dequeue(w, w->tick_names, KICK_NAMES_PER_TICK);
+	w->names_queued = w->queue.count > 0;
+	state = w->state;
+	dropped = w->stats.kicks_dropped;
+	bad = w->stats.bad_events;
+	incomplete = w->stats.replays_incomplete;
+	dooms = w->dooms;
+	w->dooms.complete = NULL;
+	w->dooms.all_named = w->dooms.anonymous = false;
+	pthread_mutex_unlock(&w->lock);
+
+	log_news(w, &state, dropped, bad, incomplete);
 	if(n > 0){
 		doom_named(w, conns, n);
 	}
-	apply_dooms(w, conns, started + KICK_BUDGET_MS);
-	kick_unmatched(w, started + KICK_BUDGET_MS);
+	mark_dooms(conns, &dooms);
+}
+
+
+void watch_on_tick(struct policyd_watch *w, struct conn_table *conns, int64_t now_ms)
+{
+	uint64_t news;
+
+	if(w == NULL){
+		return;
+	}
+	/* Read before the lock: a change made after it is taken at the next TICK. */
+	news = atomic_load_explicit(&w->news, memory_order_acquire);
+	if(news != w->news_seen || w->names_queued){
+		w->news_seen = news;
+		take_news(w, conns);
+	}
+	kick_doomed(w, conns, now_ms + KICK_BUDGET_MS);
+	kick_unmatched(w, now_ms + KICK_BUDGET_MS);
 }

@@ -48,8 +48,8 @@ struct conn_table;
 
 /* Main thread (MOSQ_EVT_TICK): disconnects the connections the latest events
  * revoke or whose class they kick (conns: conn.h), kicks queued usernames,
- * logs stream changes. */
-void watch_on_tick(struct policyd_watch *watch, struct conn_table *conns);
+ * logs stream changes. Nothing new since the last call costs no lock. */
+void watch_on_tick(struct policyd_watch *watch, struct conn_table *conns, int64_t now_ms);
 
 /* Any thread: a consistent copy of the counters. */
 void watch_stats_get(struct policyd_watch *watch, struct watch_stats *out);

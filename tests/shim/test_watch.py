@@ -1,8 +1,15 @@
 """The Watch thread in-process (stub broker, real daemon; `make test-asan` runs it under ASan)."""
 
+import contextlib
 import time
+from concurrent import futures
+from types import SimpleNamespace
+
+import grpc
 
 from harness import wait_for
+from policyd.v1 import policy_pb2 as pb
+from policyd.v1 import policy_pb2_grpc as pb_grpc
 from shimlib import WRITE
 
 RULES = """\
@@ -26,6 +33,20 @@ def ticking(shim, predicate, what: str, timeout: float = 10):
 
 def announced(shim) -> bool:
     return any("announced by policyd" in line for line in shim.logs())
+
+
+@contextlib.contextmanager
+def fake_policyd(workdir, servicer):
+    """A gRPC server on a unix socket answering as `servicer` does; yields its address holder."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_PolicyServicer_to_server(servicer, server)
+    socket = workdir / "fake.sock"
+    server.add_insecure_port(f"unix:{socket}")
+    server.start()
+    try:
+        yield SimpleNamespace(address=f"unix:{socket}")
+    finally:
+        server.stop(0)
 
 
 def reload(daemon, text: str) -> None:
@@ -118,14 +139,6 @@ def test_a_replay_the_daemon_cannot_prove_disconnects_every_client(make_shim, wo
     """The shim names its last generation and policy digest when it reopens the stream; an
     answer saying the missed kicks cannot be proven ends every session it knows of, even
     without the class kicks the daemon also sends."""
-    from concurrent import futures
-    from types import SimpleNamespace
-
-    import grpc
-
-    from policyd.v1 import policy_pb2 as pb
-    from policyd.v1 import policy_pb2_grpc as pb_grpc
-
     digest = bytes(range(32))
     requests = []
 
@@ -142,18 +155,32 @@ def test_a_replay_the_daemon_cannot_prove_disconnects_every_client(make_shim, wo
             while context.is_active():
                 time.sleep(0.05)
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    pb_grpc.add_PolicyServicer_to_server(Fake(), server)
-    socket = workdir / "fake.sock"
-    server.add_insecure_port(f"unix:{socket}")
-    server.start()
-    try:
-        shim = make_shim(SimpleNamespace(address=f"unix:{socket}"))
+    with fake_policyd(workdir, Fake()) as daemon:
+        shim = make_shim(daemon)
         for n in (1, 2):
             assert shim.allowed(shim.client(f"c{n}", f"Device{n}"), WRITE, f"/device/Device{n}/t")
         ticking(shim, lambda: shim.stub.stub_kicks() == 2, "every client disconnected")
         assert requests[1].known_generation == 5 and requests[1].known_policy_digest == digest
         assert any("cannot prove it replayed every kick since generation 5" in line for line in shim.logs())
         shim.close()
-    finally:
-        server.stop(0)
+
+
+def test_more_names_than_one_tick_takes_are_all_kicked_without_another_event(make_shim, workdir):
+    """One event naming more users than a TICK takes off the queue: the rest are taken by
+    the following TICKs although nothing new arrives (an idle TICK skips the queue's lock)."""
+    names = [f"gone{i}".encode() for i in range(20_000)]
+
+    class Fake(pb_grpc.PolicyServicer):
+        def CheckAcl(self, request, context):
+            return pb.CheckAclResponse(result=pb.RESULT_ALLOW, generation=5)
+
+        def Watch(self, request, context):
+            yield pb.PolicyEvent(generation=5)
+            yield pb.PolicyEvent(generation=6, kick_usernames=names)
+            while context.is_active():
+                time.sleep(0.05)
+
+    with fake_policyd(workdir, Fake()) as daemon:
+        shim = make_shim(daemon)
+        ticking(shim, lambda: shim.stub.stub_kicks() == len(names), "every name kicked", timeout=30)
+        shim.close()
