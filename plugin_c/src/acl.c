@@ -493,6 +493,7 @@ static int ask_daemon(struct policyd_plugin *plugin, struct acl_subject *s, int6
 {
 	struct policy_check_result res;
 	struct conn *c = subject_conn(plugin, s);
+	int64_t asked_us;
 	int rc;
 
 	if(c != NULL && c->doomed){
@@ -500,7 +501,9 @@ static int ask_daemon(struct policyd_plugin *plugin, struct acl_subject *s, int6
 	}
 	attach_provenance(plugin, s, c);
 	s->request.want_scopes = want_scopes(plugin, s);
+	asked_us = monotonic_us();
 	policy_client_check(plugin->client, &s->request, &res);
+	stats_round_trip(&plugin->round_trips, monotonic_us() - asked_us);
 	s->request.certificate_der = NULL;
 	record_call(plugin, &res);
 	switch(res.outcome){

@@ -49,5 +49,6 @@ const char *log_sanitize(char *dst, size_t dstlen, const char *src, size_t srcle
 const char *log_sanitize_str(char *dst, size_t dstlen, const char *src);
 
 int64_t monotonic_ms(void);
+int64_t monotonic_us(void);
 
 #endif

@@ -21,6 +21,7 @@
 #include "tick_wake.h"
 #include "logging.h"
 #include "policy_client.h"
+#include "stats.h"
 #include "watch.h"
 
 struct policyd_counters {
@@ -66,6 +67,7 @@ struct policyd_plugin {
 	int64_t sweep_resume_ms;              /* no new sweep pass before this (acl.c) */
 	struct breaker breaker;
 	int64_t stats_next_ms;                /* next periodic stats line/report */
+	struct round_trips round_trips;       /* CheckAcl calls on the broker's thread */
 	int64_t housekeeping_due_ms;          /* next sweeps and stats at TICK (plugin.c) */
 	/* TICK watchdog (acl.c): Mosquitto 2.0 with per_listener_settings true
 	 * sends no MOSQ_EVT_TICK, and kicks, Watch events and stats stop. */

@@ -911,6 +911,12 @@ static grpc_byte_buffer *encode_stats(const struct policy_shim_stats *st)
 	msg.breaker_opens = st->breaker_opens;
 	msg.breaker_open = st->breaker_open != 0;
 	msg.tick_missing = st->tick_missing != 0;
+	/* protobuf-c only reads the arrays while packing. */
+	msg.n_miss_round_trip_bounds_us = st->n_round_trip_bounds;
+	msg.miss_round_trip_bounds_us = (uint32_t *)st->round_trip_bounds_us;
+	msg.n_miss_round_trip_counts = st->round_trip_counts ? st->n_round_trip_bounds + 1 : 0;
+	msg.miss_round_trip_counts = (uint64_t *)st->round_trip_counts;
+	msg.miss_round_trip_sum_us = st->round_trip_sum_us;
 
 	return pack_message(&msg.base);
 }

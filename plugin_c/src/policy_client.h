@@ -106,6 +106,10 @@ struct policy_shim_stats {
 	uint64_t stale_served, breaker_opens;
 	int breaker_open;
 	int tick_missing;
+	const uint32_t *round_trip_bounds_us;   /* n_round_trip_bounds, increasing */
+	const uint64_t *round_trip_counts;      /* n_round_trip_bounds + 1 */
+	size_t n_round_trip_bounds;
+	uint64_t round_trip_sum_us;
 };
 
 /* Identity mode: one client asking to CONNECT (policyd.v1.AuthenticateRequest).

@@ -8,6 +8,28 @@
 #include "plugin_state.h"
 #include "stats.h"
 
+/* Fine around the targets (p50 200 µs, p99 1 ms), coarse beyond. */
+static const uint32_t round_trip_bounds_us[ROUND_TRIP_BOUNDS] = {
+	25, 50, 75, 100, 125, 150, 175, 200, 250, 300, 400, 500, 600, 800,
+	1000, 1500, 2000, 3000, 5000, 10000, 20000, 50000, 100000,
+};
+
+
+void stats_round_trip(struct round_trips *rt, int64_t us)
+{
+	size_t i = 0;
+
+	if(us < 0){
+		us = 0;
+	}
+	while(i < ROUND_TRIP_BOUNDS && (uint64_t)us > round_trip_bounds_us[i]){
+		i++;
+	}
+	rt->counts[i]++;
+	rt->sum_us += (uint64_t)us;
+}
+
+
 static uint64_t errors_total(const struct policyd_counters *c)
 {
 	uint64_t sum = 0;
@@ -38,6 +60,10 @@ void stats_fill(const struct policyd_plugin *plugin, struct policy_shim_stats *o
 	out->breaker_opens = plugin->breaker.opens;
 	out->breaker_open = plugin->breaker.state != BREAKER_CLOSED;
 	out->tick_missing = plugin->tick_missing;
+	out->round_trip_bounds_us = round_trip_bounds_us;
+	out->round_trip_counts = plugin->round_trips.counts;
+	out->n_round_trip_bounds = ROUND_TRIP_BOUNDS;
+	out->round_trip_sum_us = plugin->round_trips.sum_us;
 }
 
 

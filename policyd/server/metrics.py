@@ -17,10 +17,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable, Optional
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from .. import __version__
 from . import listen
+from .shims import ROUND_TRIP
 
 log = logging.getLogger("policyd.metrics")
 
@@ -178,12 +179,30 @@ class ShimCollector:
                          for name in SHIM_GAUGES})
         seen_family = GaugeMetricFamily("policyd_shim_last_report_timestamp_seconds",
                                         "Unix time of the broker's last ReportStats", labels=["broker"])
+        round_trips = HistogramMetricFamily("policyd_shim_miss_round_trip_seconds", "CheckAcl round trips "
+                                            "on the broker's thread (cache misses), as the shim timed them",
+                                            labels=["broker"])
         for broker, stats, seen, _ in rows:
             for name, family in families.items():
                 family.add_metric([broker], int(stats.get(name, 0) or 0))
             seen_family.add_metric([broker], seen or 0)
+            if ROUND_TRIP in stats:
+                histogram = stats[ROUND_TRIP]
+                round_trips.add_metric([broker], round_trip_buckets(histogram),
+                                       sum_value=histogram["sum_us"] / 1e6)
         yield from families.values()
         yield seen_family
+        yield round_trips
+
+
+def round_trip_buckets(histogram: dict) -> list[tuple[str, int]]:
+    """The shim's per-bucket counts as Prometheus's cumulative buckets (bounds in seconds)."""
+    buckets, total = [], 0
+    for bound_us, count in zip(histogram["bounds_us"], histogram["counts"]):
+        total += count
+        buckets.append((repr(bound_us / 1e6), total))
+    buckets.append(("+Inf", total + histogram["counts"][-1]))
+    return buckets
 
 
 def is_connected(seen: Optional[float], up: Optional[bool], now: float) -> bool:

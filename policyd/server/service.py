@@ -19,7 +19,7 @@ from ..v1 import policy_pb2 as pb
 from ..v1 import policy_pb2_grpc as pb_grpc
 from . import watch_stream
 from .ratelimit import RateLimitedLog
-from .shims import ShimRegistry
+from .shims import STAT_FIELDS, ShimRegistry, report_stats
 from .store import PolicyStore
 
 log = logging.getLogger("policyd.service")
@@ -177,12 +177,10 @@ class PolicyService(pb_grpc.PolicyServicer):
         return scope.encode("utf-8") if scope else b""
 
     def ReportStats(self, request: pb.ShimStats, context: grpc.ServicerContext) -> pb.ReportStatsResponse:
-        stats = {name: getattr(request, name) for name in (
-            "checks", "allowed", "denied", "errors", "cache_hits", "cache_misses", "cache_entries", "cache_bytes",
-            "stale_served", "breaker_opens", "breaker_open", "tick_missing")}
+        stats = report_stats(request)
         self.shims.update(request.broker_id[:128], context.peer(), stats)
         log.debug("shim stats from broker %s: %s", _printable(request.broker_id, 128),
-                  " ".join(f"{k}={int(v)}" for k, v in stats.items()))
+                  " ".join(f"{k}={int(stats[k])}" for k in STAT_FIELDS))
         return pb.ReportStatsResponse()
 
     def _observe(self, request: pb.CheckAclRequest, access: Access, decision, generation: int) -> None:

@@ -17,6 +17,21 @@ MAX_SHIMS = 1024
 
 STAT_FIELDS = ("checks", "allowed", "denied", "errors", "cache_hits", "cache_misses",
                "cache_entries", "cache_bytes", "stale_served", "breaker_opens", "breaker_open", "tick_missing")
+# The shim's histogram of CheckAcl round trips on the broker's thread, kept as
+# {"bounds_us": (...), "counts": (...), "sum_us": n} under this key.
+ROUND_TRIP = "miss_round_trip"
+# More buckets than any shim sends; a longer list is not kept.
+MAX_ROUND_TRIP_BOUNDS = 64
+
+
+def report_stats(msg) -> dict[str, Any]:
+    """The figures of one ShimStats message worth keeping; a malformed histogram is left out."""
+    stats: dict[str, Any] = {name: getattr(msg, name) for name in STAT_FIELDS}
+    bounds, counts = tuple(msg.miss_round_trip_bounds_us), tuple(msg.miss_round_trip_counts)
+    if (0 < len(bounds) <= MAX_ROUND_TRIP_BOUNDS and len(counts) == len(bounds) + 1
+            and all(a < b for a, b in zip(bounds, bounds[1:]))):
+        stats[ROUND_TRIP] = {"bounds_us": bounds, "counts": counts, "sum_us": msg.miss_round_trip_sum_us}
+    return stats
 
 
 class ShimRegistry:
@@ -28,7 +43,8 @@ class ShimRegistry:
 
     def update(self, broker_id: str, peer: str, stats: dict[str, Any]) -> None:
         """Record the latest stats of one shim (unknown keys are ignored)."""
-        entry = {"stats": {k: stats[k] for k in STAT_FIELDS if k in stats}, "last_seen": self._clock()}
+        entry = {"stats": {k: stats[k] for k in (*STAT_FIELDS, ROUND_TRIP) if k in stats},
+                 "last_seen": self._clock()}
         key = (broker_id, peer)
         with self._lock:
             if key not in self._latest and len(self._latest) >= self._max:

@@ -158,6 +158,11 @@ def test_shim_counters_reported_by_the_broker_are_exported(stack):
             for n in ("checks", "cache_hits", "cache_misses", "errors")}
     # Every check the daemon answered was a shim cache miss (reports lag, so at most).
     assert shim["cache_misses"] <= daemon_checks and shim["checks"] >= shim["cache_misses"]
+    # ... and each one the shim asked about was timed on the broker's thread.
+    timed = value(metrics, "policyd_shim_miss_round_trip_seconds_count", broker=BROKER_ID)
+    assert 1 <= timed <= shim["cache_misses"]
+    assert value(metrics, "policyd_shim_miss_round_trip_seconds_bucket", broker=BROKER_ID, le="+Inf") == timed
+    assert 0 < value(metrics, "policyd_shim_miss_round_trip_seconds_sum", broker=BROKER_ID) < timed * 5.0
     status = run_policyd("status", "--address", stack.daemon.admin_address).stdout
     assert "shims:      1 connected, 1 known" in status
     assert f"  {BROKER_ID}: connected" in status
