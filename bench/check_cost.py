@@ -12,14 +12,18 @@ the certificate caches emptied before each round so every check is a first one:
   gRPC        the unary round trip from a Python grpc client to a fresh `policyd serve`
               over its unix socket (one daemon per round, so its caches are cold too)
 
+  plugin      with --shim: the plugin's own client (C) in process with tests/shim's stub broker,
+              which hands it each device's certificate: what the broker waits for, less its queue
+
 and, to separate the transport from deciding: the same certificate checked again (its parse
-cached), an UNSUBSCRIBE without a certificate (no engine work), and an empty ReportStats.
-Then the first check taken apart (perf_counter around each step, medians) and, with
---profile, the top of a cProfile of the in-process first checks.
+cached), an UNSUBSCRIBE without a certificate (no engine work), and an empty ReportStats; over
+gRPC, the daemon's CPU per call (/proc, all its threads). With --steps, the first check taken
+apart (perf_counter around each step, medians); with --profile, the top of a cProfile of the
+in-process first checks.
 Wall time (perf_counter), medians of per-round p50/p99; the machine is shared: run it with
 nothing heavy beside it, and compare figures from one run.
 
-    .venv/bin/python bench/check_cost.py [--devices 1000] [--rounds 3] [--profile] [--no-grpc] [--shim]
+    .venv/bin/python bench/check_cost.py [--devices 1000] [--rounds 3] [--shim] [--steps] [--profile] [--no-grpc]
 """
 
 from __future__ import annotations
@@ -133,33 +137,57 @@ def over_grpc(requests: list[pb.CheckAclRequest], shim: bool) -> tuple[dict[str,
             case("unsubscribe", stub.CheckAcl, [UNSUBSCRIBE] * len(requests))
             case("report_stats", stub.ReportStats, [pb.ShimStats(broker_id="bench")] * len(requests))
         if shim:
-            c0 = cpu_seconds(daemon.proc.pid)
-            out["shim_miss"] = plugin_misses(daemon, workdir, len(requests))
-            cpu["shim_miss"] = (cpu_seconds(daemon.proc.pid) - c0) / len(requests) * 1e6
+            trips, used = plugin_checks(daemon, workdir, requests)
+            out.update(trips)
+            cpu.update(used)
     finally:
         daemon.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     return out, cpu
 
 
-def plugin_misses(daemon, workdir: Path, n: int) -> list[float]:
-    """The plugin's own gRPC client (C) in process with tests/shim's stub broker, its cache off:
-    n WRITE checks of a device's own topic, each one round trip (no certificate: the stub
-    broker has none to give)."""
+def plugin_checks(daemon, workdir: Path, requests: list[pb.CheckAclRequest]) -> tuple[dict, dict]:
+    """The plugin's own gRPC client (C), in process with tests/shim's stub broker handing it each
+    device's certificate: every device's first check (SUBSCRIBE, certificate, want_scopes: what a
+    storm's new device costs), then with the cache off the same device's WRITE to its own topic
+    again and again (one round trip each, the certificate's parse cached in the daemon)."""
     import tempfile
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "shim"))
     from harness import wait_for
-    from shimlib import WRITE, Shim, build_stub, ffi
+    from shimlib import SUBSCRIBE, WRITE, Shim, build_stub, ffi
 
     stub = build_stub(Path(tempfile.mkdtemp(dir=workdir)))
-    shim = Shim(stub, {"policyd_address": daemon.address, "policyd_timeout_ms": "1000", "policyd_cache_size": "0"})
+    out = ffi.new("int64_t[]", len(requests))
+    one = ffi.new("int64_t[]", 1)
+    first: list[float] = []
+    cpu: dict[str, float] = {}
+    options = {"policyd_address": daemon.address, "policyd_timeout_ms": "1000"}
+    shim = Shim(stub, options)
     try:
-        dev = shim.client("Device1", "Device1")
-        wait_for(lambda: shim.allowed(dev, WRITE, b"/device/Device1/warm"), 10, "first answer")
-        out = ffi.new("int64_t[]", n)
-        assert shim.stub.stub_acl_check_timed(dev, WRITE, b"/device/Device1/t", n, out) == n
-        return [out[i] / 1e9 for i in range(n)]
+        for i, req in enumerate(requests):
+            assert shim.stub.stub_set_certificate(req.certificate_der, len(req.certificate_der)) == 0
+            dev = shim.client(req.client_id, req.username)
+            if i == 0:  # the link up and warm
+                wait_for(lambda: shim.allowed(dev, WRITE, req.topic[:-1] + b"warm"), 10, "first answer")
+                dev = shim.client(req.client_id, req.username)
+                c0 = cpu_seconds(daemon.proc.pid)
+            assert shim.stub.stub_acl_check_timed(dev, SUBSCRIBE, req.topic, 1, one) == 1
+            first.append(one[0] / 1e9)
+        cpu["plugin_first"] = (cpu_seconds(daemon.proc.pid) - c0) / len(requests) * 1e6
+    finally:
+        shim.close()
+    shim = Shim(stub, {**options, "policyd_cache_size": "0"})
+    try:
+        req = requests[0]
+        shim.stub.stub_set_certificate(req.certificate_der, len(req.certificate_der))
+        dev = shim.client(req.client_id, req.username)
+        own = req.topic[:-1] + b"t"
+        wait_for(lambda: shim.allowed(dev, WRITE, own), 10, "first answer")
+        c0 = cpu_seconds(daemon.proc.pid)
+        assert shim.stub.stub_acl_check_timed(dev, WRITE, own, len(requests), out) == len(requests)
+        cpu["plugin_again"] = (cpu_seconds(daemon.proc.pid) - c0) / len(requests) * 1e6
+        return {"plugin_first": first, "plugin_again": [out[i] / 1e9 for i in range(len(requests))]}, cpu
     finally:
         shim.close()
 
@@ -221,6 +249,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-grpc", action="store_true", help="in process only")
     ap.add_argument("--profile", action="store_true", help="cProfile the in-process first checks")
+    ap.add_argument("--steps", action="store_true", help="the in-process first check step by step")
     ap.add_argument("--shim", action="store_true", help="also the plugin's own client (C): cache-off misses")
     args = ap.parse_args()
     pki = cached_pki(args.devices)
@@ -244,24 +273,26 @@ def main() -> int:
 
     print(f"first CheckAcl of {args.devices} new device certificates (SUBSCRIBE /device/<cn>/#, want_scopes, "
           f"broker mode); medians over {args.rounds} rounds of each round's p50 / p99, µs")
-    print(f"| {'path':10} | {'case':44} | {'p50 µs':>8} | {'p99 µs':>8} | {'daemon CPU µs/call':>18} |")
-    print(f"|{'-' * 12}|{'-' * 46}|{'-' * 9}:|{'-' * 9}:|{'-' * 19}:|")
+    print(f"| {'path':10} | {'case':46} | {'p50 µs':>8} | {'p99 µs':>8} | {'daemon CPU µs/call':>18} |")
+    print(f"|{'-' * 12}|{'-' * 48}|{'-' * 9}:|{'-' * 9}:|{'-' * 19}:|")
     cases = {"first": "first check of a new certificate", "again": "same certificate again (parse cached)",
              "unsubscribe": "UNSUBSCRIBE, no certificate (no engine)", "report_stats": "empty ReportStats",
-             "shim_miss": "plugin (C) miss: WRITE own topic, no cert"}
+             "plugin_first": "plugin (C): first check of a new certificate",
+             "plugin_again": "plugin (C): same certificate again, cache off"}
     for path, rounds in runs.items():
         for case, label in cases.items():
             if not rounds or case not in rounds[0]:
                 continue
             q = [quantiles_us(r[case]) for r in rounds]
             cpu = f"{statistics.median(c[case] for c in daemon_cpu):18.0f}" if path == "gRPC" else " " * 18
-            print(f"| {path:10} | {label:44} | {statistics.median(p[0] for p in q):8.1f} "
+            print(f"| {path:10} | {label:46} | {statistics.median(p[0] for p in q):8.1f} "
                   f"| {statistics.median(p[1] for p in q):8.1f} | {cpu} |")
-    parts = sections(service, requests)
-    total = sum(statistics.median(v) for v in parts.values())
-    print(f"\nthe first check in process, step by step (median µs of {args.devices}; sum {total * 1e6:.1f} µs)")
-    for key, values in parts.items():
-        print(f"  {key:40} {statistics.median(values) * 1e6:8.1f}")
+    if args.steps:
+        parts = sections(service, requests)
+        total = sum(statistics.median(v) for v in parts.values())
+        print(f"\nthe first check in process, step by step (median µs of {args.devices}; sum {total * 1e6:.1f} µs)")
+        for key, values in parts.items():
+            print(f"  {key:44} {statistics.median(values) * 1e6:8.1f}")
     if args.profile:
         print(profile(service, requests, 25))
     shutil.rmtree(workdir, ignore_errors=True)

@@ -40,6 +40,7 @@ int64_t stub_acl_check_loop(struct mosquitto *client, int access, const char *to
 int64_t stub_heap_bytes(void);
 int64_t stub_heap_blocks(void);
 int stub_acl_check_timed(struct mosquitto *client, int access, const char *topic, int n, int64_t *out_ns);
+int stub_set_certificate(const unsigned char *der, int len);
 """)
 
 _libs: dict[str, object] = {}
@@ -53,7 +54,7 @@ def build_stub(out_dir: Path) -> Path:
     out = out_dir / "stub_broker.so"
     flags = os.environ.get("STUB_CFLAGS", "").split()
     subprocess.run(["cc", "-shared", "-fPIC", "-O1", "-g", "-Wall", "-Wextra", *flags, "-o", str(out),
-                    str(HERE / "stub_broker.c")], check=True)
+                    str(HERE / "stub_broker.c"), "-lcrypto"], check=True)
     return out
 
 

@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/x509.h>
+
 #include <mosquitto.h>
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
@@ -165,10 +167,33 @@ int mosquitto_set_username(struct mosquitto *client, const char *username)
 }
 
 
+/* The certificate every client presents (stub_set_certificate), or none. */
+static X509 *stub_cert;
+
 void *mosquitto_client_certificate(const struct mosquitto *client)
 {
 	(void)client;
-	return NULL;
+	if(stub_cert == NULL){
+		return NULL;
+	}
+	X509_up_ref(stub_cert); /* the broker hands out a new reference */
+	return stub_cert;
+}
+
+
+/* From now on every client presents this certificate (DER); NULL or 0: none.
+ * The plugin reads it at a connection's first check (bench/check_cost.py). */
+int stub_set_certificate(const unsigned char *der, int len)
+{
+	const unsigned char *p = der;
+
+	X509_free(stub_cert);
+	stub_cert = NULL;
+	if(der == NULL || len <= 0){
+		return 0;
+	}
+	stub_cert = d2i_X509(NULL, &p, len);
+	return stub_cert != NULL ? 0 : -1;
 }
 
 
@@ -303,6 +328,7 @@ void stub_reset(void)
 	log_count = 0;
 	kicks = 0;
 	last_kick[0] = '\0';
+	stub_set_certificate(NULL, 0);
 }
 
 
