@@ -280,6 +280,9 @@ class CompiledPolicy:
     revoked_identities: frozenset[str] = frozenset()
     # Not copied by with_generation (init=False): each published object retires on its own.
     lifecycle: _Lifecycle = field(default_factory=_Lifecycle, init=False, compare=False, repr=False)
+    # The scopes sent ahead for clients that only the patterns apply to, worked out once per
+    # policy object (engine/scope.py: more_scopes); a handful of entries, never one per client.
+    scope_memo: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def rule_sets(self, ident: Identity, attributes=None) -> tuple[RuleSet, ...]:
         """The rule sets that apply to a client, in the order they are checked."""
@@ -328,6 +331,7 @@ class CompiledPolicy:
         there, a deny rule would vanish and a group's allow would decide.
         """
         self.lifecycle.retired = True
+        self.scope_memo.clear()
         for table in (*self.users.tables(), self.user_sources):
             while table:
                 for _ in range(min(chunk, len(table))):

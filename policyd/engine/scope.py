@@ -27,8 +27,8 @@ from __future__ import annotations
 from typing import Optional
 
 from . import topics
-from .model import Access, Decision, Request
-from .policy import CompiledPolicy, CompiledRule, Identity, RuleSet
+from .model import MAX_IDENTITY_BYTES, MOSQUITTO, Access, Decision, Request
+from .policy import EMPTY, CompiledPolicy, CompiledRule, Identity, RuleSet
 
 MATCH_EVERYTHING = "#"
 # A level standing in for `+` and `#` when probing under a rule's filter.
@@ -120,11 +120,34 @@ def more_scopes(policy: CompiledPolicy, request: Request, limit: int = MORE_SCOP
     is exactly one a later miss could have brought. At most `limit` per access, and as many
     probes as that needs twice over, whatever the number of rules. `ident` and `stages`: as for
     CompiledPolicy.decide; every probe is the same client's, so they are worked out once.
+
+    A client that only the patterns apply to gets the probes' outcome for a stand-in identity,
+    worked out once per policy, with its own names put back (_stand_in_shape says why that is
+    the same answer).
     """
     if ident is None:
         ident = Identity.of(request.username, request.clientid)
     if stages is None:
         stages = policy.stages(ident, request.attributes)
+    same = _stand_in_shape(policy, ident, stages)
+    if same is None:
+        return _probed(policy, request, limit, ident, stages)
+    key = (same, limit)
+    found = policy.scope_memo.get(key)
+    if found is None:
+        found = _stand_in_scopes(policy, request, limit, same)
+        if found is None:
+            return _probed(policy, request, limit, ident, stages)
+        if not policy.retired:  # a retired policy's probes answer RETIRED: never kept
+            policy.scope_memo[key] = found
+    user, client = _stand_ins(policy)[1:]
+    names = {user: ident.username, client: ident.clientid}
+    return [(access, "/".join([names.get(level, level) for level in levels])) for access, levels in found]
+
+
+def _probed(policy: CompiledPolicy, request: Request, limit: int, ident: Identity,
+            stages) -> list[tuple[Access, str]]:
+    """more_scopes by probing under each allow rule of this client (no memo)."""
     probes: list[tuple[frozenset, str]] = []
     if ident.username_safe and ident.username in policy.superusers:
         probes.append((frozenset((Access.READ, Access.WRITE)), PROBE_LEVEL))
@@ -151,3 +174,71 @@ def more_scopes(policy: CompiledPolicy, request: Request, limit: int = MORE_SCOP
                 scopes.append(scope)
         found += [(access, scope) for scope in scopes]
     return found
+
+
+def _stand_in_shape(policy: CompiledPolicy, ident: Identity, stages) -> Optional[bool]:
+    """Whether the client's username is its client id, when its scopes sent ahead are those of a
+    stand-in identity with the names swapped; None when that is not shown.
+
+    Shown when only the patterns apply (not anonymous, no rules of its own, no `certificates`
+    entry, not a superuser, no client-id binding) and both names are safe and none of the
+    patterns' levels nor the probe level: every step of a probe (templates, matching, `$` and
+    wildcard tests, the topic checks) then sees each name only as a whole level, compared for
+    equality with other levels, so renaming both, keeping whether they are equal, renames the
+    outcome. Topic lengths too: only when no probe can reach MQTT's limit whatever the names.
+    """
+    if not (ident.username_safe and ident.clientid_safe) or ident.anonymous:
+        return None
+    if ident.username in policy.superusers or ident.username in policy.revoked_identities:
+        return None
+    if policy.identity.spec.client_ids or not _only_patterns(policy, stages):
+        return None
+    stand_ins = _stand_ins(policy)
+    if stand_ins is None or ident.username in stand_ins[0] or ident.clientid in stand_ins[0]:
+        return None
+    return ident.username == ident.clientid
+
+
+def _only_patterns(policy: CompiledPolicy, stages) -> bool:
+    """stages are what a client gets that has no rules of its own and no `certificates` entry."""
+    if policy.order == MOSQUITTO:
+        return (len(stages) == 2 and len(stages[0]) == 1 and stages[0][0] is EMPTY
+                and len(stages[1]) == 1 and stages[1][0] is policy.patterns)
+    return len(stages) == 1 and len(stages[0]) == 2 and stages[0][0] is EMPTY and stages[0][1] is policy.patterns
+
+
+def _stand_ins(policy: CompiledPolicy):
+    """(names a client's may not be: the patterns' levels, the probe level, the stand-ins;
+    stand-in username; stand-in client id), or None when the patterns are too long for any."""
+    found = policy.scope_memo.get("stand-ins", False)
+    if found is not False:
+        return found
+    rules = (*policy.patterns.denies, *policy.patterns.allows)
+    levels = {PROBE_LEVEL, MATCH_EVERYTHING, "+"}.union(*(rule.levels for rule in rules))
+    longest = max((len(rule.topic.encode("utf-8", "surrogatepass")) + len(rule.slots) * MAX_IDENTITY_BYTES
+                   for rule in rules), default=0)
+    found = None
+    if longest <= topics.MAX_TOPIC_BYTES:
+        taken = levels | set(policy.superusers) | set(policy.revoked_identities)
+        user, client, n = "policyd-stand-in-u", "policyd-stand-in-c", 0
+        while {user, client} & taken or user in policy.users or client in policy.users:
+            n += 1
+            user, client = f"policyd-stand-in-u{n}", f"policyd-stand-in-c{n}"
+        found = (frozenset(levels | {user, client}), user, client)
+    if not policy.retired:
+        policy.scope_memo["stand-ins"] = found
+    return found
+
+
+def _stand_in_scopes(policy: CompiledPolicy, request: Request, limit: int,
+                     same: bool) -> Optional[list[tuple[Access, tuple[str, ...]]]]:
+    """The probes' outcome for the stand-in identity, scopes as levels; None if the stand-in
+    does not get the same rule sets (then nothing is kept)."""
+    _, user, client = _stand_ins(policy)
+    client = user if same else client
+    ident = Identity.of(user, client)
+    stages = policy.stages(ident, request.attributes)
+    if not _only_patterns(policy, stages):
+        return None
+    stand_in = Request(user, client, request.topic, request.access, request.attributes)
+    return [(access, tuple(scope.split("/"))) for access, scope in _probed(policy, stand_in, limit, ident, stages)]

@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 
 from policyd.engine import Access, PolicyLoadError, Request, compile_policy, parse_text
 from policyd.engine import topics
-from policyd.engine.scope import cache_scope, more_scopes
+from policyd.engine import scope as scope_module
+from policyd.engine.policy import Identity
+from policyd.engine.scope import MORE_SCOPES_MAX, cache_scope, more_scopes
 
 USERS = ["u1", "u2", "admin"]
 CLIENTS = ["c1", "c2"]
@@ -151,6 +153,39 @@ def test_scopes_sent_ahead_are_never_wrong(policy, request):
             if topics.matches(flt, topics.split(topic)):
                 other = policy.decide(Request(request.username, request.clientid, topic, access))
                 assert other.allowed, (scope, access, topic, other)
+
+
+# Names only the patterns apply to (u1, u2 and admin have rules of their own), some equal to a
+# rule's level, to the probe level, to a stand-in's name or to each other.
+STRANGERS = ["d1", "d2", "a", "x", "c1", "policyd-stand-in-u"]
+strangers = st.builds(Request, st.sampled_from(STRANGERS), st.sampled_from(["c1", "d1", "d2", "a", "x"]),
+                      st.just("a"), st.sampled_from([Access.READ, Access.WRITE, Access.SUBSCRIBE]))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(policies(), st.lists(strangers, min_size=1, max_size=4))
+def test_scopes_sent_ahead_from_the_stand_in_are_those_the_probes_find(policy, requests):
+    """Several clients of one policy, each checked against probing its own rules afresh."""
+    for request in requests:
+        ident = Identity.of(request.username, request.clientid)
+        probed = scope_module._probed(policy, request, MORE_SCOPES_MAX, ident, policy.stages(ident))
+        assert more_scopes(policy, request) == probed, (request, policy.scope_memo)
+
+
+def test_the_stand_in_is_worked_out_once_and_keeps_whether_the_names_are_equal():
+    policy = compile_policy(parse_text(b"""
+patterns:
+  - {topic: /device/%u/#, access: readwrite}
+  - {topic: /device/%c/#, access: deny}
+""", "rules.yaml"))
+    ahead = [more_scopes(policy, Request(f"Device{i}", f"cid{i}", "t", Access.SUBSCRIBE)) for i in (1, 2)]
+    assert ahead == [[(Access.READ, "/device/Device1/#"), (Access.WRITE, "/device/Device1/#")],
+                     [(Access.READ, "/device/Device2/#"), (Access.WRITE, "/device/Device2/#")]]
+    assert more_scopes(policy, Request("Device3", "Device3", "t", Access.SUBSCRIBE)) == []  # its own deny
+    assert more_scopes(policy, Request("device", "cid", "t", Access.SUBSCRIBE)) == [
+        (Access.READ, "/device/device/#"), (Access.WRITE, "/device/device/#")]  # a rule's level: probed
+    assert sorted(k for k in policy.scope_memo if k != "stand-ins") == [(False, MORE_SCOPES_MAX),
+                                                                         (True, MORE_SCOPES_MAX)]
 
 
 def test_scopes_sent_ahead_for_the_seed():
