@@ -20,6 +20,9 @@ turns within each round), medians of --rounds rounds:
   SUBACK / PUBACK p50, p99: SUBSCRIBE→SUBACK and PUBLISH→PUBACK seen by the devices: each is one
               check (a miss under policyd) plus the broker's queue during the storm
   decision    the daemon's own time per CheckAcl (its policyd_decision_duration_seconds histogram)
+  miss p50, p99: each CheckAcl round trip on the broker's thread, as the plugin timed it
+              (policyd_shim_miss_round_trip_seconds, reported every second; interpolated
+              within its buckets)
   RSS/conn    the broker's resident memory after the storm minus before, per device
 
     .venv/bin/python bench/reconnect_storm.py [--devices 2000] [--rounds 3] [--pending 64]
@@ -36,6 +39,8 @@ import sys
 import time
 import urllib.request
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from stack import (LABELS, Broker, broker_config, build_loadgen, cached_pki, cpu_seconds, device_names,
                    loadgen_args, median, rss_kib, start_daemon)
 
@@ -45,18 +50,48 @@ from harness import free_port, make_workdir  # noqa: E402
 STORM_CONFIGS = ("none", "acl_file", "policyd")
 # Under the storm a cold check may queue behind thousands of others at the daemon: the default
 # 100 ms deadline would deny some of them, which would make policyd look faster than it is.
-POLICYD_STORM = "auth_opt_policyd_timeout_ms 5000\n"
+POLICYD_STORM = "auth_opt_policyd_timeout_ms 5000\nauth_opt_policyd_stats_interval_s 1\n"
+ROUND_TRIP = "policyd_shim_miss_round_trip_seconds"
 
 
-def decision_seconds(metrics_port: int) -> tuple[float, int]:
+def scrape(metrics_port: int) -> list[tuple[str, dict, float]]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    total = count = 0.0
-    for line in text.splitlines():
-        if line.startswith("policyd_decision_duration_seconds_sum"):
-            total = float(line.split()[-1])
-        elif line.startswith("policyd_decision_duration_seconds_count"):
-            count = float(line.split()[-1])
-    return total, int(count)
+    return [(s.name, s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples]
+
+
+def decision_seconds(samples) -> tuple[float, int]:
+    values = {name: value for name, _, value in samples}
+    return (values.get("policyd_decision_duration_seconds_sum", 0.0),
+            int(values.get("policyd_decision_duration_seconds_count", 0)))
+
+
+def quantile(buckets: list[tuple[float, float]], q: float) -> float:
+    """From cumulative (upper bound, count) pairs, linear within the bucket that holds q."""
+    total = buckets[-1][1]
+    lower, below = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= q * total and count > below:
+            if bound == float("inf"):
+                return lower
+            return lower + (bound - lower) * (q * total - below) / (count - below)
+        lower, below = bound, count
+    return lower
+
+
+def round_trips(metrics_port: int, calls: int) -> tuple[float, float, int]:
+    """p50 and p99 (s) of the plugin's CheckAcl round trips, once its report counts every call."""
+    deadline = time.monotonic() + 5
+    while True:
+        samples = scrape(metrics_port)
+        buckets = sorted((float(labels["le"]), value) for name, labels, value in samples
+                         if name == f"{ROUND_TRIP}_bucket")
+        timed = int(buckets[-1][1]) if buckets else 0
+        if (timed >= calls and timed > 0) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if not timed:
+        return 0.0, 0.0, 0
+    return quantile(buckets, 0.5), quantile(buckets, 0.99), timed
 
 
 def storm_once(config: str, pki, devices: list[str], pending: int) -> dict:
@@ -81,7 +116,8 @@ def storm_once(config: str, pki, devices: list[str], pending: int) -> dict:
         if not line.startswith("STORM"):
             raise RuntimeError(f"storm failed (rc={gen.wait()}):\n{broker.log()[-2000:]}")
         fields = dict(kv.split("=") for kv in line.split()[1:])
-        decided = decision_seconds(metrics_port) if daemon else (0.0, 0)
+        decided = decision_seconds(scrape(metrics_port)) if daemon else (0.0, 0)
+        trips = round_trips(metrics_port, decided[1]) if daemon else (0.0, 0.0, 0)
         gen.stdin.write("quit\n")
         gen.stdin.flush()
         gen.wait(timeout=60)
@@ -97,6 +133,7 @@ def storm_once(config: str, pki, devices: list[str], pending: int) -> dict:
     row.update(config=config, broker_cpu=cpu1 - cpu0, daemon_cpu=dcpu1 - dcpu0,
                rss_per_conn_kib=(rss1 - rss0) / len(devices),
                decision_us=decided[0] / decided[1] * 1e6 if decided[1] else 0.0, decisions=decided[1],
+               miss_p50_us=trips[0] * 1e6, miss_p99_us=trips[1] * 1e6, timed=trips[2],
                cache_entries=int(entries[-1]) if entries else 0)
     return row
 
@@ -129,19 +166,22 @@ def main() -> int:
     print(f"{args.devices} TLS devices connect ({at_once}), subscribe, publish one QoS 1 message, receive it; "
           f"medians of {args.rounds} rounds, fresh broker (and daemon) each")
     print(f"{'configuration':36} {'wall s':>7} {'× acl':>6} {'brk CPU s':>9} {'× acl':>6} {'dmn CPU s':>9} "
-          f"{'SUBACK p50/p99 ms':>18} {'PUBACK p50/p99 ms':>18} {'decide µs':>9} {'RSS KiB/conn':>12}")
+          f"{'SUBACK p50/p99 ms':>18} {'PUBACK p50/p99 ms':>18} {'decide µs':>9} {'miss p50/p99 µs':>16} "
+          f"{'RSS KiB/conn':>12}")
     for c in configs:
         print(f"{LABELS[c]:36} {med(c, 'wall'):7.2f} {med(c, 'wall') / med(anchor, 'wall'):6.2f} "
               f"{med(c, 'broker_cpu'):9.2f} {med(c, 'broker_cpu') / med(anchor, 'broker_cpu'):6.2f} "
               f"{med(c, 'daemon_cpu'):9.2f} "
               f"{med(c, 'suback_p50') * 1e3:8.1f}/{med(c, 'suback_p99') * 1e3:<9.1f} "
               f"{med(c, 'puback_p50') * 1e3:8.1f}/{med(c, 'puback_p99') * 1e3:<9.1f} "
-              f"{med(c, 'decision_us'):9.0f} {med(c, 'rss_per_conn_kib'):12.1f}")
+              f"{med(c, 'decision_us'):9.0f} {med(c, 'miss_p50_us'):7.0f}/{med(c, 'miss_p99_us'):<8.0f} "
+              f"{med(c, 'rss_per_conn_kib'):12.1f}")
     for c in configs:
         print(f"  {c}: walls {[round(r['wall'], 2) for r in runs[c]]}, "
               f"broker CPU {[round(r['broker_cpu'], 2) for r in runs[c]]}, "
               f"cache entries at exit {[r['cache_entries'] for r in runs[c]]}, "
               f"decisions {[r['decisions'] for r in runs[c]]}, "
+              f"round trips timed {[r['timed'] for r in runs[c]]}, "
               f"connections retried {[int(r['retries']) for r in runs[c]]}")
     return 0
 
