@@ -24,6 +24,9 @@ turns within each round), medians of --rounds rounds:
               (policyd_shim_miss_round_trip_seconds, reported every second; interpolated
               within its buckets)
   RSS/conn    the broker's resident memory after the storm minus before, per device
+  cache B/dev the plugin's accounted cache bytes (policyd_shim_cache_bytes: each allocation with
+              its allocator overhead) right after the storm minus before it, per device, and the
+              cached entries per device
 
     .venv/bin/python bench/reconnect_storm.py [--devices 2000] [--rounds 3] [--pending 64]
 """
@@ -31,7 +34,6 @@ turns within each round), medians of --rounds rounds:
 from __future__ import annotations
 
 import argparse
-import re
 import resource
 import shutil
 import subprocess
@@ -78,20 +80,24 @@ def quantile(buckets: list[tuple[float, float]], q: float) -> float:
     return lower
 
 
-def round_trips(metrics_port: int, calls: int) -> tuple[float, float, int]:
-    """p50 and p99 (s) of the plugin's CheckAcl round trips, once its report counts every call."""
+def shim_report(metrics_port: int, calls: int) -> dict:
+    """The plugin's report once it counts every call: p50 and p99 (s) of its CheckAcl round
+    trips, and its decision cache's entries and bytes (while every device is still connected)."""
     deadline = time.monotonic() + 5
     while True:
         samples = scrape(metrics_port)
         buckets = sorted((float(labels["le"]), value) for name, labels, value in samples
                          if name == f"{ROUND_TRIP}_bucket")
         timed = int(buckets[-1][1]) if buckets else 0
-        if (timed >= calls and timed > 0) or time.monotonic() > deadline:
+        reported = any(name == "policyd_shim_cache_bytes" for name, _, _ in samples)
+        if (reported and timed >= calls) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    if not timed:
-        return 0.0, 0.0, 0
-    return quantile(buckets, 0.5), quantile(buckets, 0.99), timed
+    gauges = {name: value for name, _, value in samples if name.startswith("policyd_shim_cache_")}
+    return {"miss_p50_us": quantile(buckets, 0.5) * 1e6 if timed else 0.0,
+            "miss_p99_us": quantile(buckets, 0.99) * 1e6 if timed else 0.0, "timed": timed,
+            "cache_entries": int(gauges.get("policyd_shim_cache_entries", 0)),
+            "cache_bytes": int(gauges.get("policyd_shim_cache_bytes", 0))}
 
 
 def storm_once(config: str, pki, devices: list[str], pending: int) -> dict:
@@ -104,6 +110,7 @@ def storm_once(config: str, pki, devices: list[str], pending: int) -> dict:
     try:
         broker.start()
         time.sleep(0.5)
+        empty = shim_report(metrics_port, 0) if daemon else {}
         pid = broker.proc.pid
         rss0, cpu0 = rss_kib(pid), cpu_seconds(pid)
         dcpu0 = cpu_seconds(daemon.proc.pid) if daemon else 0.0
@@ -117,7 +124,7 @@ def storm_once(config: str, pki, devices: list[str], pending: int) -> dict:
             raise RuntimeError(f"storm failed (rc={gen.wait()}):\n{broker.log()[-2000:]}")
         fields = dict(kv.split("=") for kv in line.split()[1:])
         decided = decision_seconds(scrape(metrics_port)) if daemon else (0.0, 0)
-        trips = round_trips(metrics_port, decided[1]) if daemon else (0.0, 0.0, 0)
+        shim = shim_report(metrics_port, decided[1]) if daemon else {}
         gen.stdin.write("quit\n")
         gen.stdin.flush()
         gen.wait(timeout=60)
@@ -127,14 +134,15 @@ def storm_once(config: str, pki, devices: list[str], pending: int) -> dict:
         broker.stop()
         if daemon:
             daemon.stop()
-    entries = re.findall(r"entries=(\d+)", broker.log())
     shutil.rmtree(workdir, ignore_errors=True)
     row = {k: float(v) for k, v in fields.items()}
     row.update(config=config, broker_cpu=cpu1 - cpu0, daemon_cpu=dcpu1 - dcpu0,
                rss_per_conn_kib=(rss1 - rss0) / len(devices),
                decision_us=decided[0] / decided[1] * 1e6 if decided[1] else 0.0, decisions=decided[1],
-               miss_p50_us=trips[0] * 1e6, miss_p99_us=trips[1] * 1e6, timed=trips[2],
-               cache_entries=int(entries[-1]) if entries else 0)
+               miss_p50_us=0.0, miss_p99_us=0.0, timed=0, cache_entries=0, cache_bytes=0)
+    row.update(shim)
+    row["cache_bytes_per_device"] = (row["cache_bytes"] - empty.get("cache_bytes", 0)) / len(devices)
+    row["entries_per_device"] = row["cache_entries"] / len(devices)
     return row
 
 
@@ -167,7 +175,7 @@ def main() -> int:
           f"medians of {args.rounds} rounds, fresh broker (and daemon) each")
     print(f"{'configuration':36} {'wall s':>7} {'× acl':>6} {'brk CPU s':>9} {'× acl':>6} {'dmn CPU s':>9} "
           f"{'SUBACK p50/p99 ms':>18} {'PUBACK p50/p99 ms':>18} {'decide µs':>9} {'miss p50/p99 µs':>16} "
-          f"{'RSS KiB/conn':>12}")
+          f"{'RSS KiB/conn':>12} {'cache B/dev':>11} {'entries/dev':>11}")
     for c in configs:
         print(f"{LABELS[c]:36} {med(c, 'wall'):7.2f} {med(c, 'wall') / med(anchor, 'wall'):6.2f} "
               f"{med(c, 'broker_cpu'):9.2f} {med(c, 'broker_cpu') / med(anchor, 'broker_cpu'):6.2f} "
@@ -175,11 +183,12 @@ def main() -> int:
               f"{med(c, 'suback_p50') * 1e3:8.1f}/{med(c, 'suback_p99') * 1e3:<9.1f} "
               f"{med(c, 'puback_p50') * 1e3:8.1f}/{med(c, 'puback_p99') * 1e3:<9.1f} "
               f"{med(c, 'decision_us'):9.0f} {med(c, 'miss_p50_us'):7.0f}/{med(c, 'miss_p99_us'):<8.0f} "
-              f"{med(c, 'rss_per_conn_kib'):12.1f}")
+              f"{med(c, 'rss_per_conn_kib'):12.1f} {med(c, 'cache_bytes_per_device'):11.0f} "
+              f"{med(c, 'entries_per_device'):11.1f}")
     for c in configs:
         print(f"  {c}: walls {[round(r['wall'], 2) for r in runs[c]]}, "
               f"broker CPU {[round(r['broker_cpu'], 2) for r in runs[c]]}, "
-              f"cache entries at exit {[r['cache_entries'] for r in runs[c]]}, "
+              f"cache entries after the storm {[r['cache_entries'] for r in runs[c]]}, "
               f"decisions {[r['decisions'] for r in runs[c]]}, "
               f"round trips timed {[r['timed'] for r in runs[c]]}, "
               f"connections retried {[int(r['retries']) for r in runs[c]]}")
