@@ -113,7 +113,8 @@ def _join(levels: tuple[str, ...]) -> str:
 
 def more_scopes(policy: CompiledPolicy, request: Request, limit: int = MORE_SCOPES_MAX,
                 ident: Optional[Identity] = None, stages=None) -> list[tuple[Access, str]]:
-    """Scopes the client's READ and WRITE allows reach, sent ahead of the checks that would find them.
+    """Scopes the client's READ and WRITE allows reach, and SUBSCRIBE answers for its allow rules'
+    own filters, sent ahead of the checks that would find them.
 
     Nothing is proved here: each is what a check of one topic under an allow rule's filter
     would get (the engine's decision for that topic, then cache_scope), so a scope sent ahead
@@ -149,6 +150,7 @@ def _probed(policy: CompiledPolicy, request: Request, limit: int, ident: Identit
             stages) -> list[tuple[Access, str]]:
     """more_scopes by probing under each allow rule of this client (no memo)."""
     probes: list[tuple[frozenset, str]] = []
+    filters: list[str] = []   # the allow rules' own filters, as a client would subscribe
     if ident.username_safe and ident.username in policy.superusers:
         probes.append((frozenset((Access.READ, Access.WRITE)), PROBE_LEVEL))
     else:
@@ -159,6 +161,8 @@ def _probed(policy: CompiledPolicy, request: Request, limit: int, ident: Identit
                     if levels is not None and len(probes) < 4 * limit:
                         probes.append((rule.grants, "/".join(PROBE_LEVEL if level in ("+", MATCH_EVERYTHING)
                                                              else level for level in levels)))
+                        if Access.SUBSCRIBE in rule.grants:
+                            filters.append(_join(levels))
     found: list[tuple[Access, str]] = []
     for access in (Access.READ, Access.WRITE):
         scopes: list[str] = []
@@ -173,6 +177,20 @@ def _probed(policy: CompiledPolicy, request: Request, limit: int, ident: Identit
             if scope is not None and scope not in scopes:
                 scopes.append(scope)
         found += [(access, scope) for scope in scopes]
+    return found + _subscriptions(policy, request, limit, ident, stages, filters)
+
+
+def _subscriptions(policy: CompiledPolicy, request: Request, limit: int, ident: Identity, stages,
+                   filters: list[str]) -> list[tuple[Access, str]]:
+    """SUBSCRIBE answers sent ahead: each allow rule's own filter, as the device subscribes to it,
+    with the engine's decision for exactly that filter (cached for that filter only, no scope)."""
+    found: list[tuple[Access, str]] = []
+    for topic in filters:
+        if len(found) >= limit:
+            break
+        probe = Request(request.username, request.clientid, topic, Access.SUBSCRIBE, request.attributes)
+        if (Access.SUBSCRIBE, topic) not in found and policy.decide(probe, ident, stages).allowed:
+            found.append((Access.SUBSCRIBE, topic))
     return found
 
 

@@ -75,7 +75,25 @@ class PolicyService(pb_grpc.PolicyServicer):
     def Authenticate(self, request: pb.AuthenticateRequest,
                      context: grpc.ServicerContext) -> pb.AuthenticateResponse:
         """Identity mode: who a connecting client is, or why it may not connect (policyd.identity)."""
-        return self.authenticator.authenticate(request, context.peer())
+        answer = self.authenticator.authenticate(request, context.peer())
+        if request.want_scopes and answer.result == pb.RESULT_ALLOW:
+            self._scopes_at_connect(request, answer)
+        return answer
+
+    def _scopes_at_connect(self, request: pb.AuthenticateRequest, answer: pb.AuthenticateResponse) -> None:
+        """What a first check's more_scopes would bring, for the identity just accepted: its
+        first SUBSCRIBE, publish and delivery then need no call on the broker's thread."""
+        policy = self.store.current
+        if policy.generation != answer.generation or policy.retired:
+            return  # a reload in between: the first check asks (and brings them) instead
+        attributes: dict[str, tuple[str, ...]] = {}
+        for attribute in answer.attributes:
+            attributes[attribute.name] = (*attributes.get(attribute.name, ()), attribute.value)
+        subject = Request(answer.username, request.client_id, b"", Access.SUBSCRIBE, attributes)
+        ident = Identity.of(answer.username, request.client_id)
+        answer.scopes.extend(self._more_scopes(policy, subject, ident, policy.stages(ident, attributes)))
+        if answer.scopes:
+            answer.cache_ttl_ms = self.cache_ttl_ms
 
     def Watch(self, request: pb.WatchRequest, context: grpc.ServicerContext):
         """Generations and kicks for the shim's watch thread (watch_stream.py)."""

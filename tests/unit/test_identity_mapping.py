@@ -496,3 +496,70 @@ def test_client_id_forms_other_than_identity_or_identity_separator_star_are_refu
         with pytest.raises(PolicyLoadError):
             parse_text(f"identity:\n  client_id: ['{form}']\n".encode(), "rules.yaml")
     parse_text(b"identity:\n  client_id: ['%u', '%u:*', '%u-*']\n", "rules.yaml")
+
+
+# --- scopes at CONNECT ------------------------------------------------------------
+
+SCOPED_RULES = b"""\
+identity:
+  check_expiry: false
+superusers: [admin]
+certificates:
+  sensors:
+    match: {OU: sensors}
+    rules:
+      - {topic: sensors/%u/#, access: readwrite}
+patterns:
+  - {topic: /device/%u/#, access: readwrite}
+  - {topic: /device/%u/secret, access: deny}
+"""
+
+
+class _Peer:
+    def peer(self):
+        return "unix:"
+
+
+def _service(rules: bytes = SCOPED_RULES, ttl_ms: int = 5000):
+    from policyd.server.service import PolicyService
+    return PolicyService(_Store(compile_policy(parse_text(rules)).with_generation(3)), ttl_ms)
+
+
+def _connect(service, der: bytes, want_scopes: bool = True):
+    return service.Authenticate(pb.AuthenticateRequest(client_id=b"c1", certificate_der=der,
+                                                       want_scopes=want_scopes), _Peer())
+
+
+@pytest.mark.parametrize("subject", [((CN, "D1"), (OU, "sensors")), ((CN, "D2"),), ((CN, "admin"),)])
+def test_scopes_at_connect_are_what_the_first_check_would_bring(subject):
+    service = _service()
+    der = cert_der(*subject)
+    answer = _connect(service, der)
+    first = service._check(pb.CheckAclRequest(  # noqa: SLF001
+        has_username=True, username=answer.username, client_id=b"c1", topic=b"/device/x", access=pb.ACCESS_WRITE,
+        provenance=pb.PROVENANCE_CERTIFICATE, certificate_der=der, identity_mode=pb.IDENTITY_MODE_DAEMON,
+        want_scopes=True))
+    assert answer.result == pb.RESULT_ALLOW and answer.scopes
+    assert list(answer.scopes) == list(first.more_scopes)
+    assert answer.cache_ttl_ms == 5000 and answer.generation == first.generation == 3
+
+
+def test_scopes_at_connect_follow_the_certificates_attributes():
+    sensor = {(g.access, g.scope) for g in _connect(_service(), cert_der((CN, "D1"), (OU, "sensors"))).scopes}
+    plain = {(g.access, g.scope) for g in _connect(_service(), cert_der((CN, "D1"))).scopes}
+    assert (pb.ACCESS_WRITE, b"sensors/D1/#") in sensor and (pb.ACCESS_SUBSCRIBE, b"sensors/D1/#") in sensor
+    assert not any(scope.startswith(b"sensors/") for _, scope in plain)
+    assert (pb.ACCESS_SUBSCRIBE, b"/device/D1/#") in plain   # allowed; each delivery is checked
+    assert (pb.ACCESS_READ, b"/device/D1/#") not in plain     # the deny cuts into it: no scope
+
+
+def test_no_scopes_at_connect_unless_asked_cached_and_allowed():
+    der = cert_der((CN, "D1"))
+    assert not _connect(_service(), der, want_scopes=False).scopes
+    assert not _connect(_service(ttl_ms=0), der).scopes          # the daemon's answers are not cached
+    dry = _service()
+    dry.dry_run = True
+    assert not _connect(dry, der).scopes                         # a dry run's answers are not the policy's
+    revoked = _service(SCOPED_RULES + b'revoked:\n  serials: ["0x1f3a"]\n')
+    answer = _connect(revoked, der)
+    assert answer.result == pb.RESULT_DENY and not answer.scopes and not answer.cache_ttl_ms

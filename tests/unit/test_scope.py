@@ -145,8 +145,12 @@ def test_mosquitto_order_scopes_respect_the_stages():
 @settings(max_examples=1000, deadline=None)
 @given(policies(), requests)
 def test_scopes_sent_ahead_are_never_wrong(policy, request):
-    """Every scope sent ahead is an allow over its whole filter, as the policy decides each topic."""
+    """Every scope sent ahead is an allow over its whole filter, as the policy decides each topic;
+    every SUBSCRIBE sent ahead is the policy's allow for exactly that filter."""
     for access, scope in more_scopes(policy, request):
+        if access is Access.SUBSCRIBE:
+            assert policy.decide(Request(request.username, request.clientid, scope, access)).allowed, scope
+            continue
         assert access in (Access.READ, Access.WRITE)
         flt = topics.split(scope)
         for topic in UNIVERSE:
@@ -179,11 +183,11 @@ patterns:
   - {topic: /device/%c/#, access: deny}
 """, "rules.yaml"))
     ahead = [more_scopes(policy, Request(f"Device{i}", f"cid{i}", "t", Access.SUBSCRIBE)) for i in (1, 2)]
-    assert ahead == [[(Access.READ, "/device/Device1/#"), (Access.WRITE, "/device/Device1/#")],
-                     [(Access.READ, "/device/Device2/#"), (Access.WRITE, "/device/Device2/#")]]
+    assert ahead == [[(a, "/device/Device1/#") for a in (Access.READ, Access.WRITE, Access.SUBSCRIBE)],
+                     [(a, "/device/Device2/#") for a in (Access.READ, Access.WRITE, Access.SUBSCRIBE)]]
     assert more_scopes(policy, Request("Device3", "Device3", "t", Access.SUBSCRIBE)) == []  # its own deny
     assert more_scopes(policy, Request("device", "cid", "t", Access.SUBSCRIBE)) == [
-        (Access.READ, "/device/device/#"), (Access.WRITE, "/device/device/#")]  # a rule's level: probed
+        (a, "/device/device/#") for a in (Access.READ, Access.WRITE, Access.SUBSCRIBE)]  # a rule's level: probed
     assert sorted(k for k in policy.scope_memo if k != "stand-ins") == [(False, MORE_SCOPES_MAX),
                                                                          (True, MORE_SCOPES_MAX)]
 
@@ -191,9 +195,13 @@ patterns:
 def test_scopes_sent_ahead_for_the_seed():
     def ahead(user):
         return sorted((a.name, s) for a, s in more_scopes(SEED, Request(user, "cid", "/device/x/#", Access.SUBSCRIBE)))
-    assert ahead("Device999") == [("READ", "/device/Device999/#"), ("WRITE", "/device/Device999/#")]
-    assert ahead("Device124") == [("READ", "/device/Device124/#"), ("WRITE", "/device/Device124/#")]
-    assert ahead("Device123") == []                  # a deny cuts into its grant: nothing provable
+    def whole(user):
+        return [(a, f"/device/{user}/#") for a in ("READ", "SUBSCRIBE", "WRITE")]
+    assert ahead("Device999") == whole("Device999")
+    assert ahead("Device124") == whole("Device124")
+    # a deny cuts into its grant: no scope provable, yet subscribing to the rule's filter is allowed
+    # (each delivery is checked)
+    assert ahead("Device123") == [("SUBSCRIBE", "/device/Device123/#")]
     assert ahead("admin") == [("READ", "#"), ("WRITE", "#")]
     assert ahead("a+b") == [] and ahead(None) == []
 
@@ -202,4 +210,5 @@ def test_scopes_sent_ahead_are_bounded():
     many = "users:\n  u1:\n" + "".join(f"    - {{topic: t{i}/#, access: readwrite}}\n" for i in range(500))
     policy = compile_policy(parse_text(many.encode(), "rules.yaml"))
     found = more_scopes(policy, Request("u1", "cid", "t0/x", Access.WRITE))
-    assert len(found) == 16 and len({s for _, s in found}) == 8
+    assert len(found) == 24 and len({s for _, s in found}) == 8
+    assert sorted({a for a, _ in found}) == [Access.READ, Access.WRITE, Access.SUBSCRIBE]
