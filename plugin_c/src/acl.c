@@ -257,21 +257,30 @@ static int64_t jittered_ttl_ms(int64_t ttl_ms)
 }
 
 
-/* The allows the daemon sent ahead (want_scopes): each is cached as the
- * scope of an allow for its access, like cache_scope; they contain no asked
- * topic to check them against. */
+/* The allows the daemon sent ahead (want_scopes): a READ or WRITE one is
+ * cached as the scope of an allow for its access, like cache_scope (there is
+ * no asked topic to check it against); a SUBSCRIBE one as the answer for
+ * exactly its filter. */
 static void remember_scopes_ahead(struct policyd_plugin *plugin, const struct cache_identity *id,
-		const struct policy_check_result *res, int64_t expires_ms)
+		const struct policy_grants *grants, uint64_t generation, int64_t expires_ms)
 {
-	struct cache_answer allow = {.allow = true, .generation = res->generation};
+	struct cache_answer allow = {.allow = true, .generation = generation};
 	size_t i;
 
-	for(i = 0; i < res->n_more; i++){
-		const struct policy_scope_grant *g = &res->more[i];
-		const char *scope = res->more_text + g->offset;
+	for(i = 0; i < grants->n; i++){
+		const struct policy_scope_grant *g = &grants->grant[i];
+		const char *text = grants->text + g->offset;
+		bool exact = g->access == POLICY_ACCESS_SUBSCRIBE;
 
-		cache_store(plugin->cache, id, (int)g->access, scope, g->len, scope, g->len, &allow, expires_ms);
+		cache_store(plugin->cache, id, (int)g->access, text, g->len, exact ? NULL : text, exact ? 0 : g->len,
+				&allow, expires_ms);
 	}
+}
+
+
+bool acl_caching(const struct policyd_plugin *plugin)
+{
+	return plugin->config.cache_ttl_s > 0 && cache_capacity(plugin->cache) > 0;
 }
 
 
@@ -282,11 +291,35 @@ static bool want_scopes(struct policyd_plugin *plugin, const struct acl_subject 
 {
 	struct cache_identity id;
 
-	if(plugin->config.cache_ttl_s <= 0 || cache_capacity(plugin->cache) == 0){
+	if(!acl_caching(plugin)){
 		return false;
 	}
 	subject_identity(s, &id);
 	return !cache_knows(plugin->cache, &id);
+}
+
+
+/* A TTL from the daemon, capped by ours; 0: not to be cached. */
+static int64_t answer_ttl_ms(const struct policyd_plugin *plugin, uint32_t ttl_ms)
+{
+	int64_t cap_ms = (int64_t)plugin->config.cache_ttl_s * 1000;
+
+	return (int64_t)ttl_ms > cap_ms ? cap_ms : (int64_t)ttl_ms;
+}
+
+
+void acl_remember_connect_scopes(struct policyd_plugin *plugin, struct mosquitto *client, const char *client_id,
+		const struct policy_auth_result *res)
+{
+	struct cache_identity id = {.owner = client, .username = res->username, .client_id = client_id};
+	int64_t ttl_ms = answer_ttl_ms(plugin, res->cache_ttl_ms);
+
+	/* An answer of an older policy than one already known is not kept. */
+	if(ttl_ms <= 0 || res->scopes.n == 0 || client_id == NULL || plugin->cache == NULL
+			|| res->generation != generation_sync(plugin, res->generation)){
+		return;
+	}
+	remember_scopes_ahead(plugin, &id, &res->scopes, res->generation, monotonic_ms() + jittered_ttl_ms(ttl_ms));
 }
 
 
@@ -295,19 +328,15 @@ static void remember_answer(struct policyd_plugin *plugin, const struct acl_subj
 {
 	struct cache_answer answer = {.allow = res->outcome == POLICY_ALLOW, .generation = res->generation};
 	struct cache_identity id;
-	int64_t ttl_ms = res->cache_ttl_ms;
-	int64_t cap_ms = (int64_t)plugin->config.cache_ttl_s * 1000;
+	int64_t ttl_ms = answer_ttl_ms(plugin, res->cache_ttl_ms);
 	uint64_t current = generation_sync(plugin, res->generation);
 
-	if(ttl_ms > cap_ms){
-		ttl_ms = cap_ms;
-	}
 	/* An answer of an older policy than one already known is not kept. */
 	if(ttl_ms <= 0 || res->generation != current || plugin->cache == NULL){
 		return;
 	}
 	subject_identity(s, &id);
-	remember_scopes_ahead(plugin, &id, res, now_ms + jittered_ttl_ms(ttl_ms));
+	remember_scopes_ahead(plugin, &id, &res->more, res->generation, now_ms + jittered_ttl_ms(ttl_ms));
 	/* A scope must at least contain the asked topic; anything else is a
 	 * daemon bug, and the answer is then kept for this topic only. */
 	if(res->cache_scope_len > 0 && s->request.access != POLICY_ACCESS_SUBSCRIBE

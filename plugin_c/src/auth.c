@@ -40,6 +40,7 @@
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
 
+#include "acl.h"
 #include "auth.h"
 #include "auth_delayed.h"
 #include "broker_compat.h"
@@ -360,6 +361,7 @@ int auth_basic_callback(int event, void *event_data, void *userdata)
 	}
 	req.certificate_der = der;
 	req.certificate_der_len = der_len;
+	req.want_scopes = acl_caching(plugin);
 	if(plugin->auth_delayed != NULL){
 		/* Mosquitto 2.1: answered from a worker thread, completed on a TICK. */
 		rc = auth_delayed_begin(plugin->auth_delayed, ed->client, &req);
@@ -378,7 +380,7 @@ int auth_basic_callback(int event, void *event_data, void *userdata)
 	if(rc != MOSQ_ERR_SUCCESS){
 		return rc;
 	}
-	return auth_set_identity(plugin, ed->client, req.client_id, res.username, !has_cert);
+	return auth_set_identity(plugin, ed->client, req.client_id, &res, !has_cert);
 }
 
 
@@ -389,12 +391,18 @@ int auth_outcome(struct policyd_plugin *plugin, const char *client_id, const str
 
 
 int auth_set_identity(struct policyd_plugin *plugin, struct mosquitto *client, const char *client_id,
-		const char *identity, bool by_password)
+		const struct policy_auth_result *res, bool by_password)
 {
-	if(mosquitto_set_username(client, identity) != MOSQ_ERR_SUCCESS){
+	int rc;
+
+	if(mosquitto_set_username(client, res->username) != MOSQ_ERR_SUCCESS){
 		return auth_refuse_local(plugin, client_id, "cannot set the username to policyd's identity");
 	}
-	return auth_accepted(plugin, client, client_id, identity, by_password);
+	rc = auth_accepted(plugin, client, client_id, res->username, by_password);
+	if(rc == MOSQ_ERR_SUCCESS){
+		acl_remember_connect_scopes(plugin, client, client_id, res);
+	}
+	return rc;
 }
 
 

@@ -43,11 +43,12 @@ int auth_basic_callback(int event, void *event_data, void *userdata);
  * refusal is counted and logged and MOSQ_ERR_AUTH returned. */
 int auth_outcome(struct policyd_plugin *plugin, const char *client_id, const struct policy_auth_result *res);
 
-/* Gives an allowed client policyd's identity as username (counted);
- * by_password: it was verified by a password, not a certificate. */
+/* Gives an allowed client policyd's identity (res->username) as username
+ * (counted) and caches the scopes sent with it; by_password: it was verified
+ * by a password, not a certificate. */
 struct mosquitto;
 int auth_set_identity(struct policyd_plugin *plugin, struct mosquitto *client, const char *client_id,
-		const char *identity, bool by_password);
+		const struct policy_auth_result *res, bool by_password);
 
 
 void auth_log_stats(const struct policyd_plugin *plugin);

@@ -63,6 +63,7 @@ struct auth_job {
 	unsigned char *der;
 	size_t der_len;
 	bool has_password;
+	bool want_scopes;
 	char marker[AUTH_MARKER_LEN];     /* the client's username while it waits */
 	struct policy_auth_result result;
 };
@@ -88,7 +89,7 @@ struct auth_delayed {
 	const char *completing_id;
 	uintptr_t completing_addr;
 	const char *completing_marker;
-	const char *completing_identity;
+	const struct policy_auth_result *completing_result;  /* its username: the identity */
 	bool completing_by_password;
 	bool completing_claimed;
 	struct log_limiter overflow_log;
@@ -179,6 +180,7 @@ static void job_request(const struct auth_job *job, struct policy_auth_request *
 	req->certificate_der = job->der;
 	req->certificate_der_len = job->der_len;
 	req->peer_address = job->peer_address;
+	req->want_scopes = job->want_scopes;
 }
 
 
@@ -309,6 +311,7 @@ static bool job_fill(struct auth_job *job, const struct policy_auth_request *req
 	job->password = dup_or_null(req->password, req->password_len, &failed);
 	job->peer_address = req->peer_address ? dup_or_null(req->peer_address, strlen(req->peer_address), &failed) : NULL;
 	job->has_password = req->has_password;
+	job->want_scopes = req->want_scopes;
 	if(req->certificate_der != NULL){
 		job->der = malloc(req->certificate_der_len);
 		if(job->der == NULL){
@@ -409,7 +412,7 @@ static void auth_delayed_complete(struct policyd_plugin *plugin, struct auth_job
 	ad->completing_id = job->client_id;
 	ad->completing_addr = job->client_addr;
 	ad->completing_marker = job->marker;
-	ad->completing_identity = job->result.username;
+	ad->completing_result = &job->result;
 	ad->completing_by_password = job->der == NULL;
 	ad->completing_claimed = false;
 	complete(job->client_id, MOSQ_ERR_SUCCESS);
@@ -420,7 +423,7 @@ static void auth_delayed_complete(struct policyd_plugin *plugin, struct auth_job
 	}
 	ad->completing_id = NULL;
 	ad->completing_marker = NULL;
-	ad->completing_identity = NULL;
+	ad->completing_result = NULL;
 }
 
 
@@ -472,7 +475,7 @@ void auth_delayed_claim(struct policyd_plugin *plugin, struct mosquitto *client)
 		return;
 	}
 	ad->completing_claimed = true;
-	auth_set_identity(plugin, client, id, ad->completing_identity, ad->completing_by_password);
+	auth_set_identity(plugin, client, id, ad->completing_result, ad->completing_by_password);
 }
 
 

@@ -178,7 +178,7 @@ static void result_error(struct policy_check_result *result, enum policy_error e
 	result->generation = 0;
 	result->cache_ttl_ms = 0;
 	result->cache_scope_len = 0;
-	result->n_more = 0;
+	result->more.n = 0;
 	result->rule[0] = '\0';
 	copy_bytes(result->detail, sizeof(result->detail), detail, strlen(detail));
 }
@@ -539,25 +539,27 @@ static enum wait_result call_wait(struct policy_client *client, struct call_ctx 
 /* ------------------------------------------------------------- response */
 
 /* Scopes sent ahead that fit; anything odd (another access, empty, too long) is left out. */
-static void apply_more_scopes(const Policyd__V1__CheckAclResponse *resp, struct policy_check_result *result)
+static void apply_grants(Policyd__V1__ScopeGrant *const *grants, size_t n, struct policy_grants *out)
 {
 	size_t i, used = 0;
 
-	for(i = 0; i < resp->n_more_scopes && result->n_more < POLICY_MORE_SCOPES_MAX; i++){
-		const Policyd__V1__ScopeGrant *g = resp->more_scopes[i];
-		struct policy_scope_grant *out = &result->more[result->n_more];
+	out->n = 0;
+	for(i = 0; i < n && out->n < POLICY_MORE_SCOPES_MAX; i++){
+		const Policyd__V1__ScopeGrant *g = grants[i];
+		struct policy_scope_grant *kept = &out->grant[out->n];
 
-		if(g == NULL || (g->access != POLICYD__V1__ACCESS__ACCESS_READ && g->access != POLICYD__V1__ACCESS__ACCESS_WRITE)
+		if(g == NULL || (g->access != POLICYD__V1__ACCESS__ACCESS_READ && g->access != POLICYD__V1__ACCESS__ACCESS_WRITE
+					&& g->access != POLICYD__V1__ACCESS__ACCESS_SUBSCRIBE)
 				|| g->scope.len == 0 || g->scope.len > POLICY_SCOPE_MAX
-				|| g->scope.len > sizeof(result->more_text) - used){
+				|| g->scope.len > sizeof(out->text) - used){
 			continue;
 		}
-		memcpy(result->more_text + used, g->scope.data, g->scope.len);
-		out->access = (enum policy_access)g->access;
-		out->offset = (uint16_t)used;
-		out->len = (uint16_t)g->scope.len;
+		memcpy(out->text + used, g->scope.data, g->scope.len);
+		kept->access = (enum policy_access)g->access;
+		kept->offset = (uint16_t)used;
+		kept->len = (uint16_t)g->scope.len;
 		used += g->scope.len;
-		result->n_more++;
+		out->n++;
 	}
 }
 
@@ -591,7 +593,7 @@ static void apply_response(const Policyd__V1__CheckAclResponse *resp, struct pol
 		result->cache_scope_len = resp->cache_scope.len;
 	}
 	if(!resp->disconnect){
-		apply_more_scopes(resp, result);
+		apply_grants(resp->more_scopes, resp->n_more_scopes, &result->more);
 	}
 }
 
@@ -795,6 +797,7 @@ static grpc_byte_buffer *encode_auth_request(const struct policy_auth_request *r
 	msg.certificate_der.data = (uint8_t *)req->certificate_der;
 	msg.certificate_der.len = req->certificate_der ? req->certificate_der_len : 0;
 	msg.peer_address = (char *)(req->peer_address ? req->peer_address : "");
+	msg.want_scopes = req->want_scopes;
 
 	return pack_message(&msg.base);
 }
@@ -833,6 +836,8 @@ static void apply_auth_response(const Policyd__V1__AuthenticateResponse *resp, s
 		memcpy(result->username, resp->username.data, resp->username.len);
 		result->username[resp->username.len] = '\0';
 		result->outcome = POLICY_ALLOW;
+		result->cache_ttl_ms = resp->cache_ttl_ms;
+		apply_grants(resp->scopes, resp->n_scopes, &result->scopes);
 	}
 }
 

@@ -72,14 +72,22 @@ struct policy_check_request {
 #define POLICY_SCOPE_MAX 512
 #define POLICY_DETAIL_MAX 160
 /* Scopes sent ahead (more_scopes) kept from one response, and their bytes;
- * the rest are dropped (they only save calls). */
-#define POLICY_MORE_SCOPES_MAX 16
+ * the rest are dropped (they only save calls). The daemon sends at most 8
+ * per access. */
+#define POLICY_MORE_SCOPES_MAX 24
 #define POLICY_MORE_SCOPES_BYTES 2048
 
-/* An allow under a filter for another access, sent ahead (ScopeGrant). */
+/* An allow sent ahead (ScopeGrant): under a filter for READ or WRITE, or
+ * for SUBSCRIBE to exactly that filter. */
 struct policy_scope_grant {
-	enum policy_access access;        /* READ or WRITE */
-	uint16_t offset, len;             /* in more_text; not NUL-terminated */
+	enum policy_access access;
+	uint16_t offset, len;             /* in text; not NUL-terminated */
+};
+
+struct policy_grants {
+	size_t n;
+	struct policy_scope_grant grant[POLICY_MORE_SCOPES_MAX];
+	char text[POLICY_MORE_SCOPES_BYTES];
 };
 
 struct policy_check_result {
@@ -93,9 +101,7 @@ struct policy_check_result {
 	bool disconnect;                  /* the daemon says this connection must end */
 	size_t cache_scope_len;           /* 0: the answer holds for this topic only */
 	char cache_scope[POLICY_SCOPE_MAX]; /* topic filter the answer holds for (not NUL-terminated) */
-	size_t n_more;                    /* scopes sent ahead; none with disconnect */
-	struct policy_scope_grant more[POLICY_MORE_SCOPES_MAX];
-	char more_text[POLICY_MORE_SCOPES_BYTES];
+	struct policy_grants more;        /* scopes sent ahead; none with disconnect */
 };
 
 /* Mirrors policyd.v1.ShimStats. */
@@ -126,6 +132,7 @@ struct policy_auth_request {
 	const unsigned char *certificate_der;  /* NULL: no client certificate */
 	size_t certificate_der_len;
 	const char *peer_address;    /* NULL allowed */
+	bool want_scopes;            /* the shim caches: send the scopes of an accepted identity */
 };
 
 #define POLICY_IDENTITY_MAX 257  /* identities are at most 256 bytes (policyd.identity) */
@@ -136,6 +143,8 @@ struct policy_auth_result {
 	int grpc_status;
 	uint64_t generation;
 	char username[POLICY_IDENTITY_MAX]; /* on allow: the identity, NUL-terminated, non-empty */
+	uint32_t cache_ttl_ms;            /* for `scopes` */
+	struct policy_grants scopes;      /* on allow, with want_scopes: its first checks' answers */
 	char detail[POLICY_DETAIL_MAX];   /* deny reason or error; untrusted text */
 };
 

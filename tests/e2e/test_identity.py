@@ -12,6 +12,7 @@ certs` refuses to make them).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import queue
 import re
 import shutil
@@ -96,7 +97,8 @@ def stack():
     pki.ca = bundle
     alice_hash = hash_password(ALICE_PASSWORD.encode(), iterations=2000)
     daemon = PolicyDaemon(work, RULES.format(ca=pinned_ca, revoked_serial=revoked.serial_number,
-                                             alice_hash=alice_hash)).start()
+                                             alice_hash=alice_hash),
+                          "--decision-log", str(work / "decisions.jsonl")).start()
     password_port = free_port()  # a second listener: TLS without client certificates
     config = BrokerConfig(use_identity_as_username=False,
                           extra="auth_opt_policyd_identity cert\n" + password_listener(pki, password_port))
@@ -127,6 +129,30 @@ def test_good_device_is_confined_to_its_own_topics(stack):
     try:
         assert dev.publish("/device/Device123/telemetry", "ok") == 0
         assert dev.publish("/device/Device999/telemetry", "no") == NOT_AUTHORIZED
+    finally:
+        dev.close()
+
+
+def checks_asked(stack, client_id: str) -> list[dict]:
+    """The daemon's CheckAcl decisions for one client (its decision log)."""
+    log = stack["work"] / "decisions.jsonl"
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [e for line in lines if (e := json.loads(line)).get("client_id") == client_id]
+
+
+def test_a_device_s_first_checks_are_answered_at_connect(stack):
+    """Authenticate brings what the device's first check would have: subscribing to its own subtree,
+    publishing into it and receiving from it need no call on the broker's thread. Anything
+    else is still asked."""
+    dev = device(stack, "Device126").connect()
+    try:
+        assert dev.subscribe("/device/Device126/#") == 1
+        assert dev.publish("/device/Device126/t", "ok") == 0
+        assert dev.next_message() == ("/device/Device126/t", b"ok")
+        assert checks_asked(stack, "Device126-client") == []
+        assert dev.publish("/device/Device999/t", "no") == NOT_AUTHORIZED
+        asked = wait_for(lambda: checks_asked(stack, "Device126-client"), 5, "the decision log")
+        assert [(e["access"], e["topic"], e["result"]) for e in asked] == [("write", "/device/Device999/t", "deny")]
     finally:
         dev.close()
 

@@ -129,9 +129,11 @@ def test_oversized_cache_scope_is_not_used(fake, make_shim):
            lost="n/a", denied_delivered=0)
 
 
-def test_scopes_sent_ahead_only_ever_cache_reads_and_writes(fake, make_shim):
-    """Grants for other accesses, empty, oversized, or with a disconnect are never cached."""
-    bad = [pb.ScopeGrant(access=pb.ACCESS_SUBSCRIBE, scope=b"#"), pb.ScopeGrant(access=pb.ACCESS_UNSUBSCRIBE, scope=b"#"),
+def test_scopes_sent_ahead_only_ever_cache_reads_writes_and_exact_subscriptions(fake, make_shim):
+    """Grants for other accesses, empty, oversized, or with a disconnect are never cached; a
+    SUBSCRIBE grant answers a subscription to exactly its filter, never one it covers."""
+    bad = [pb.ScopeGrant(access=pb.ACCESS_SUBSCRIBE, scope=b"/device/Device123/#"),
+           pb.ScopeGrant(access=pb.ACCESS_UNSUBSCRIBE, scope=b"#"),
            pb.ScopeGrant(access=7, scope=b"#"), pb.ScopeGrant(access=pb.ACCESS_READ, scope=b""),
            pb.ScopeGrant(access=pb.ACCESS_WRITE, scope=b"x/" + b"y" * 60000)]
     fake.answer = lambda c: pb.CheckAclResponse(result=pb.RESULT_ALLOW, generation=1, cache_ttl_ms=60000,
@@ -140,9 +142,13 @@ def test_scopes_sent_ahead_only_ever_cache_reads_and_writes(fake, make_shim):
     dev = shim.client("c1", "Device123")
     assert shim.allowed(dev, WRITE, "/device/Device123/a")
     fake.answer = lambda c: pb.CheckAclResponse(result=pb.RESULT_DENY, generation=1).SerializeToString()
-    for access, topic in [(SUBSCRIBE, "#"), (READ, "x/" + "y" * 60000), (WRITE, "x/" + "y" * 60000), (READ, "a")]:
+    assert shim.allowed(dev, SUBSCRIBE, "/device/Device123/#")     # the grant, exactly
+    assert fake.calls == 1
+    for access, topic in [(SUBSCRIBE, "/device/Device123/a"), (SUBSCRIBE, "/device/Device123/+"),
+                          (READ, "/device/Device123/a"), (READ, "x/" + "y" * 60000),
+                          (WRITE, "x/" + "y" * 60000), (READ, "a")]:
         assert not shim.allowed(dev, access, topic)
-    assert fake.calls == 5
+    assert fake.calls == 7
     other = shim.client("c2", "Device124")
     fake.answer = lambda c: pb.CheckAclResponse(
         result=pb.RESULT_DENY, generation=1, cache_ttl_ms=60000, disconnect=True,
@@ -151,5 +157,5 @@ def test_scopes_sent_ahead_only_ever_cache_reads_and_writes(fake, make_shim):
     fake.answer = lambda c: pb.CheckAclResponse(result=pb.RESULT_DENY, generation=1).SerializeToString()
     same_identity = shim.client("c2", "Device124")    # not the doomed connection: asked, not served '#'
     assert not shim.allowed(same_identity, WRITE, "/device/Device124/a")
-    assert fake.calls == 7
+    assert fake.calls == 9
     shim.close()
