@@ -9,6 +9,11 @@ certificate per device, CN = device id):
   acl_file  Mosquitto's acl_file with the seed's rules (`pattern readwrite /device/%u/#`, admin `#`)
   dynsec    Mosquitto's dynamic-security plugin: one client and one role per device (no %u there)
   policyd   our plugin and `policyd serve` with the same rules (`patterns: /device/%u/#`)
+  policyd_identity  the same in identity mode (`auth_opt_policyd_identity cert`, no
+            `use_identity_as_username`): each CONNECT asks policyd, which maps the certificate
+            (on 2.1 off the broker's thread) and sends the device's scopes with its answer
+
+The broker is Debian's mosquitto 2.0.11, or POLICYD_BROKER (e.g. the 2.1.2 build in .build/).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ LABELS = {
     "acl_file": "Mosquitto `acl_file`, seed pattern",
     "dynsec": "dynamic-security plugin",
     "policyd": "policyd plugin",
+    "policyd_identity": "policyd plugin, identity mode",
 }
 
 RULES = """\
@@ -104,7 +110,7 @@ def world_readable(path: Path, text: str) -> str:
 def broker_config(config: str, workdir: Path, devices: list[str], plugin_extra: str = "") -> BrokerConfig:
     """The broker configuration for one of CONFIGS (the daemon, for policyd, is started apart)."""
     # A subscriber that lags must not lose messages (the default queue holds 1,000).
-    cfg = BrokerConfig(plugin=config == "policyd", extra="max_queued_messages 0\n")
+    cfg = BrokerConfig(plugin=config.startswith("policyd"), extra="max_queued_messages 0\n")
     if config == "acl_file":
         cfg.acl_file = world_readable(workdir / "acl", ACL_FILE)
     elif config == "dynsec":
@@ -115,6 +121,9 @@ def broker_config(config: str, workdir: Path, devices: list[str], plugin_extra: 
         cfg.extra += f"plugin {DYNSEC_SO}\nplugin_opt_config_file {conf}\n"
     elif config == "policyd":
         cfg.extra += plugin_extra
+    elif config == "policyd_identity":
+        cfg.use_identity_as_username = False
+        cfg.extra += "auth_opt_policyd_identity cert\n" + plugin_extra
     return cfg
 
 

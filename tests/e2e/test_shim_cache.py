@@ -39,6 +39,7 @@ def test_subtree_publishes_hit_the_cache_and_stats_reach_the_daemon(workdir, pki
     final = lines[-1]
     # One round trip for the whole subtree (scope), one for the denied topic.
     assert final["checks"] == 52 and final["hits"] == 50 and final["misses"] == 2, final
-    # while connected: the write scope, the read scope its first miss brought, the deny
-    assert any(line["entries"] == 3 for line in lines)
+    # while connected: the write scope, the read scope and the subscription its first miss
+    # brought, the deny
+    assert any(line["entries"] == 4 for line in lines)
     assert final["entries"] == 0                             # dropped on MOSQ_EVT_DISCONNECT

@@ -39,7 +39,8 @@ def test_long_topics_are_never_cached(make_daemon, make_shim):
     for _ in range(3):
         assert not shim.allowed(dev, WRITE, topic)
     stats = shim.close()
-    assert (stats["misses"], stats["hits"], stats["entries"]) == (3, 0, 0), stats
+    # the one entry: the subscription to its own subtree its first miss brought
+    assert (stats["misses"], stats["hits"], stats["entries"]) == (3, 0, 1), stats
     assert stats["not_stored"] == 3, stats
 
 
@@ -54,8 +55,9 @@ def test_one_client_churns_only_its_own_entries(make_daemon, make_shim):
     assert not shim.allowed(victim, WRITE, "/device/Other/v2")
     stats = shim.close()
     assert stats["hits"] == 2, stats
-    # the hostile client's 50, the victim's two denies and the two scopes its first miss brought
-    assert stats["entries"] <= 54, stats
+    # the hostile client's 50, the victim's two denies and the two scopes and the subscription
+    # its first miss brought
+    assert stats["entries"] <= 55, stats
 
 
 def test_tick_sweeps_expired_entries_in_slices(make_daemon, make_shim):
@@ -79,7 +81,7 @@ def test_after_a_full_pass_the_sweep_pauses_then_resumes(make_daemon, make_shim)
     _deny_many(shim, dev, 20, 10, prefix="/device/Again")
     time.sleep(0.25)
     shim.tick()                                  # paused: still there (never served: expired)
-    assert shim.close()["entries"] == 20
+    assert shim.close()["entries"] == 21         # with the subscription the first miss brought
     shim = make_shim(make_daemon("--cache-ttl-ms", "200"))
     dev = shim.client("c1", "Device123")
     shim.tick()
