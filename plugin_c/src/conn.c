@@ -526,6 +526,12 @@ size_t conn_doom_class(struct conn_table *t, bool named)
 }
 
 
+bool conn_has_doomed(const struct conn_table *t)
+{
+	return t != NULL && t->doomed > 0;
+}
+
+
 size_t conn_kick_doomed(struct conn_table *t, size_t max, int64_t deadline_ms, size_t *failed)
 {
 	struct conn **p;

@@ -113,6 +113,8 @@ size_t conn_doom_usernames(struct conn_table *t, char *const *names, size_t n, b
 /* Disconnects up to `max` marked clients (by client id), and no more once
  * monotonic_ms() reaches deadline_ms; returns how many kicks were
  * attempted, with *failed the broker's refusals. */
+/* Whether any connection is marked and not yet kicked (cheap: every TICK asks). */
+bool conn_has_doomed(const struct conn_table *t);
 size_t conn_kick_doomed(struct conn_table *t, size_t max, int64_t deadline_ms, size_t *failed);
 
 size_t conn_count(const struct conn_table *t);

@@ -87,7 +87,9 @@ static int plugin_on_tick(int event, void *event_data, void *userdata)
 		int64_t now = monotonic_ms();
 
 		tick_wake_ticked(plugin->tick_wake, now);
-		auth_delayed_on_tick(plugin);
+		if(plugin->auth_delayed != NULL){
+			auth_delayed_on_tick(plugin);
+		}
 		watch_on_tick(plugin->watch, plugin->conns, now);
 		if(now >= plugin->housekeeping_due_ms){
 			plugin->housekeeping_due_ms = now + PLUGIN_TICK_HOUSEKEEPING_MS;
@@ -95,7 +97,7 @@ static int plugin_on_tick(int event, void *event_data, void *userdata)
 			stats_on_tick(plugin, now);
 			acl_on_tick(plugin, now);
 		}
-		if(auth_delayed_waiting(plugin->auth_delayed)){
+		if(plugin->auth_delayed != NULL && auth_delayed_waiting(plugin->auth_delayed)){
 			broker_request_tick(event_data, PLUGIN_TICK_CONNECT_MS);
 		}
 	}

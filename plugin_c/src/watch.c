@@ -897,6 +897,10 @@ void watch_on_tick(struct policyd_watch *w, struct conn_table *conns, int64_t no
 		w->news_seen = news;
 		take_news(w, conns);
 	}
-	kick_doomed(w, conns, now_ms + KICK_BUDGET_MS);
-	kick_unmatched(w, now_ms + KICK_BUDGET_MS);
+	if(conn_has_doomed(conns)){
+		kick_doomed(w, conns, now_ms + KICK_BUDGET_MS);
+	}
+	if(w->unmatched_next < w->unmatched_end){
+		kick_unmatched(w, now_ms + KICK_BUDGET_MS);
+	}
 }
