@@ -637,6 +637,13 @@ int acl_check_callback(int event, void *event_data, void *userdata)
 	}
 	now_ms = monotonic_ms();
 	tick_watchdog(plugin, now_ms);
+	/* Mosquitto checks a retained message's publisher (a WRITE) with a stand-in
+	 * client that has no connection: policyd decides it without a certificate,
+	 * and its live connection's entries, under the same identity, were decided
+	 * with one. It is asked, never served from them (answer_cacheable). */
+	if(ed->access == MOSQ_ACL_WRITE && mosquitto_client_address(ed->client) == NULL){
+		return check_uncached(plugin, ed, monotonic_ms());
+	}
 	id.owner = ed->client;
 	id.username = mosquitto_client_username(ed->client);
 	/* a newer generation from the Watch stream flushes first */
