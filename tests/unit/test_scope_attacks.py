@@ -1,0 +1,57 @@
+"""Scopes sent ahead, attacked: certificates entries, attributes, and the stand-in identity.
+
+Each scope sent ahead must be an allow over its whole filter as the policy decides every topic of
+a small universe for the same client (same attributes); each SUBSCRIBE sent ahead the policy's allow
+for exactly that filter; and the stand-in's scopes must be those probing the client afresh finds.
+"""
+
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from policyd.engine import Access, PolicyLoadError, Request, compile_policy, parse_text
+from policyd.engine import topics
+from policyd.engine import scope as scope_module
+from policyd.engine.policy import Identity
+from policyd.engine.scope import MORE_SCOPES_MAX, more_scopes
+from test_scope import UNIVERSE, rules, yaml_rules
+
+ATTRIBUTES = [{}, {"OU": ("ops",)}, {"OU": ("guests",)}, {"OU": ("ops", "guests")}]
+NAMES = ["u1", "d1", "d2", "a", "x", "c1", "ops"]
+
+
+@st.composite
+def policies(draw):
+    text = draw(st.sampled_from(["", "order: mosquitto\n"])) + "superusers: [admin]\nusers:\n"
+    text += "  u1:\n" + yaml_rules(draw(rules), 4)
+    text += "certificates:\n"
+    for name in ("ops", "guests"):
+        text += f"  {name}:\n    match: {{OU: {name}}}\n    rules:\n" + yaml_rules(draw(rules), 6)
+    text += "patterns:\n" + yaml_rules(draw(rules), 2)
+    try:
+        return compile_policy(parse_text(text.encode(), "rules.yaml"))
+    except PolicyLoadError:
+        assume(False)
+
+
+clients = st.builds(Request, st.sampled_from(NAMES), st.sampled_from(["c1", "d1", "a", "x", "ops"]),
+                    st.just("a"), st.just(Access.SUBSCRIBE), st.sampled_from(ATTRIBUTES))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(policies(), st.lists(clients, min_size=1, max_size=5))
+def test_scopes_sent_ahead_with_certificates_are_never_wrong(policy, requests):
+    for request in requests:
+        ident = Identity.of(request.username, request.clientid)
+        stages = policy.stages(ident, request.attributes)
+        found = more_scopes(policy, request)
+        assert found == scope_module._probed(policy, request, MORE_SCOPES_MAX, ident, stages), request
+        for access, scope in found:
+            if access is Access.SUBSCRIBE:
+                asked = Request(request.username, request.clientid, scope, access, request.attributes)
+                assert policy.decide(asked).allowed, (request, scope)
+                continue
+            flt = topics.split(scope)
+            for topic in UNIVERSE:
+                if topics.matches(flt, topics.split(topic)):
+                    asked = Request(request.username, request.clientid, topic, access, request.attributes)
+                    assert policy.decide(asked).allowed, (request, scope, access, topic)
