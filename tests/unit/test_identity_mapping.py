@@ -563,3 +563,24 @@ def test_no_scopes_at_connect_unless_asked_cached_and_allowed():
     revoked = _service(SCOPED_RULES + b'revoked:\n  serials: ["0x1f3a"]\n')
     answer = _connect(revoked, der)
     assert answer.result == pb.RESULT_DENY and not answer.scopes and not answer.cache_ttl_ms
+
+
+def test_scopes_at_connect_never_come_from_a_policy_retired_while_they_were_worked_out():
+    """A reload retires the policy between Authenticate's check that it is in force and the scopes:
+    its tables are emptied a chunk at a time, so D1 (its own deny) looks like a client only the
+    patterns apply to, and the stand-in memo (a store that checked `retired` just before the
+    retirement cleared it) answers with the patterns' scopes, the deny left out."""
+    service = _service(SCOPED_RULES + b"users:\n  D1:\n    - {topic: /device/D1/#, access: deny}\n")
+    policy = service.store.current
+    assert _connect(service, cert_der((CN, "D2"))).scopes   # a stranger fills the stand-in memo
+    memo, stages = dict(policy.scope_memo), policy.stages
+
+    def stages_during_a_reload(ident, attributes=None):
+        for _ in policy.retire():
+            pass
+        policy.scope_memo.update(memo)
+        return stages(ident, attributes)
+
+    object.__setattr__(policy, "stages", stages_during_a_reload)
+    answer = _connect(service, cert_der((CN, "D1")))
+    assert not [g.scope for g in answer.scopes if g.scope.startswith(b"/device/D1")], list(answer.scopes)
