@@ -141,6 +141,10 @@ def more_scopes(policy: CompiledPolicy, request: Request, limit: int = MORE_SCOP
             return _probed(policy, request, limit, ident, stages)
         if not policy.retired:  # a retired policy's probes answer RETIRED: never kept
             policy.scope_memo[key] = found
+            if policy.retired:  # retired between the two reads: its clear() may have come first
+                policy.scope_memo.pop(key, None)
+    if policy.retired:
+        return []
     user, client = _stand_ins(policy)[1:]
     names = {user: ident.username, client: ident.clientid}
     return [(access, "/".join([names.get(level, level) for level in levels])) for access, levels in found]

@@ -55,3 +55,23 @@ def test_scopes_sent_ahead_with_certificates_are_never_wrong(policy, requests):
                 if topics.matches(flt, topics.split(topic)):
                     asked = Request(request.username, request.clientid, topic, access, request.attributes)
                     assert policy.decide(asked).allowed, (request, scope, access, topic)
+
+
+def test_a_retirement_racing_the_stand_in_memo_leaves_nothing_in_it():
+    """retire() sets `retired`, then clears the memo; a store that read `retired` just before
+    must not leave an entry behind, which a retired policy would answer with, no decision made."""
+    policy = compile_policy(parse_text(b"patterns:\n  - {topic: /device/%u/#, access: readwrite}\n",
+                                       "rules.yaml"))
+
+    class RetiredMeanwhile(dict):
+        def __setitem__(self, key, value):
+            if key != "stand-ins":
+                for _ in policy.retire():
+                    pass
+            super().__setitem__(key, value)
+
+    object.__setattr__(policy, "scope_memo", RetiredMeanwhile())
+    more_scopes(policy, Request("d1", "c1", "a", Access.SUBSCRIBE))
+    assert policy.retired
+    assert [k for k in policy.scope_memo if k != "stand-ins"] == []
+    assert more_scopes(policy, Request("d2", "c2", "a", Access.SUBSCRIBE)) == []
