@@ -75,3 +75,34 @@ def test_a_retirement_racing_the_stand_in_memo_leaves_nothing_in_it():
     assert policy.retired
     assert [k for k in policy.scope_memo if k != "stand-ins"] == []
     assert more_scopes(policy, Request("d2", "c2", "a", Access.SUBSCRIBE)) == []
+
+
+EXOTIC = ["%u", "%c", "%", "%%u", "x", "a", "é", "a b", "policyd-stand-in-c", "policyd-stand-in-u1", "d" * 64,
+          "\u00e9" * 128, "ops", "c1"]
+PATTERN_LEVELS = ["a", "+", "%u", "%c", "%%u", "%%c", "x", "", "policyd-stand-in-c"]
+
+
+@st.composite
+def exotic_policies(draw):
+    text = draw(st.sampled_from(["", "order: mosquitto\n"])) + "patterns:\n"
+    for _ in range(draw(st.integers(1, 4))):
+        levels = draw(st.lists(st.sampled_from(PATTERN_LEVELS), min_size=1, max_size=3))
+        if draw(st.booleans()):
+            levels.append("#")
+        topic = "/".join(levels)
+        text += f"  - {{topic: {topic!r}, access: {draw(st.sampled_from(['read', 'write', 'readwrite', 'deny']))}}}\n"
+    try:
+        return compile_policy(parse_text(text.encode(), "rules.yaml"))
+    except PolicyLoadError:
+        assume(False)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(exotic_policies(), st.lists(st.tuples(st.sampled_from(EXOTIC), st.sampled_from(EXOTIC)), min_size=1, max_size=5))
+def test_the_stand_in_renames_exotic_names_as_probing_them_finds(policy, names):
+    for username, clientid in names:
+        request = Request(username, clientid, "a", Access.SUBSCRIBE)
+        ident = Identity.of(username, clientid)
+        stages = policy.stages(ident)
+        assert more_scopes(policy, request) == scope_module._probed(policy, request, MORE_SCOPES_MAX, ident,
+                                                                    stages), (username, clientid)
