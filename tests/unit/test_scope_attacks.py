@@ -106,3 +106,40 @@ def test_the_stand_in_renames_exotic_names_as_probing_them_finds(policy, names):
         stages = policy.stages(ident)
         assert more_scopes(policy, request) == scope_module._probed(policy, request, MORE_SCOPES_MAX, ident,
                                                                     stages), (username, clientid)
+
+
+def test_threads_filling_the_stand_in_memo_at_once_each_get_their_own_scopes():
+    """gRPC's threads fill one fresh policy's memo at the same time, for different clients."""
+    import sys
+    import threading
+
+    text = b"""patterns:
+  - {topic: /device/%u/#, access: readwrite}
+  - {topic: /device/%c/secret, access: deny}
+  - {topic: fleet/%c/%u, access: read}
+"""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(20):
+            policy = compile_policy(parse_text(text, "rules.yaml"))
+            names = [(f"d{i}", f"c{i}" if i % 2 else f"d{i}") for i in range(16)]
+            found: dict = {}
+            barrier = threading.Barrier(len(names))
+
+            def one(username, clientid):
+                barrier.wait()
+                found[(username, clientid)] = more_scopes(policy, Request(username, clientid, "a", Access.WRITE))
+
+            threads = [threading.Thread(target=one, args=n) for n in names]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            for username, clientid in names:
+                ident = Identity.of(username, clientid)
+                request = Request(username, clientid, "a", Access.WRITE)
+                assert found[(username, clientid)] == scope_module._probed(
+                    policy, request, MORE_SCOPES_MAX, ident, policy.stages(ident)), (username, clientid)
+    finally:
+        sys.setswitchinterval(old)
