@@ -642,7 +642,7 @@ int acl_check_callback(int event, void *event_data, void *userdata)
 	 * and its live connection's entries, under the same identity, were decided
 	 * with one. It is asked, never served from them (answer_cacheable). */
 	if(ed->access == MOSQ_ACL_WRITE && mosquitto_client_address(ed->client) == NULL){
-		return check_uncached(plugin, ed, monotonic_ms());
+		return check_uncached(plugin, ed, now_ms);
 	}
 	id.owner = ed->client;
 	id.username = mosquitto_client_username(ed->client);
