@@ -27,8 +27,9 @@ turns within each round), medians of --rounds rounds:
               within its buckets)
   RSS/conn    the broker's resident memory after the storm minus before, per device
   cache B/dev the plugin's accounted cache bytes (policyd_shim_cache_bytes: each allocation with
-              its allocator overhead) right after the storm minus before it, per device, and the
-              cached entries per device
+              its allocator overhead) right after the storm minus before it, per device (its cache
+              record and entries), and the cached entries per device (the daemon's TTL is 60 s here,
+              so none has expired)
 
     .venv/bin/python bench/reconnect_storm.py [--devices 2000] [--rounds 3] [--pending 64]
 """
@@ -105,7 +106,8 @@ def shim_report(metrics_port: int, calls: int) -> dict:
 def storm_once(config: str, pki, devices: list[str], pending: int) -> dict:
     workdir = make_workdir("policyd-storm-")
     metrics_port = free_port()
-    daemon = (start_daemon(workdir, "--metrics-listen", f"127.0.0.1:{metrics_port}")
+    # Answers outlive the run (60 s), so the cache's size after the storm is every device's.
+    daemon = (start_daemon(workdir, "--metrics-listen", f"127.0.0.1:{metrics_port}", "--cache-ttl-ms", "60000")
               if config.startswith("policyd") else None)
     broker = Broker(workdir, pki, daemon, broker_config(config, workdir, devices, POLICYD_STORM))
     gen = None
