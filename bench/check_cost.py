@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from stack import RULES, cached_pki, cpu_seconds, device_names, start_daemon  # noqa: E402
+from stack import RULES, cached_pki, cpu_seconds, device_names, percentile, start_daemon  # noqa: E402
 
 from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives.serialization import Encoding  # noqa: E402
@@ -80,8 +80,7 @@ def forget_certificates() -> None:
 
 
 def quantiles_us(samples: list[float]) -> tuple[float, float]:
-    s = sorted(samples)
-    return s[len(s) // 2] * 1e6, s[min(len(s) - 1, int(len(s) * 0.99))] * 1e6
+    return percentile(samples, 50) * 1e6, percentile(samples, 99) * 1e6
 
 
 def timed(fn, items) -> list[float]:

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "shim"))
 
 from harness import PolicyDaemon, make_workdir, wait_for  # noqa: E402
+from stack import percentile  # noqa: E402
 from shimlib import WRITE, Shim, build_stub, ffi  # noqa: E402
 
 RULES = "superusers: [admin]\npatterns:\n  - {topic: /device/%u/#, access: readwrite}\n"
@@ -48,11 +49,6 @@ def timed(s: Shim, client, topic: bytes, n: int) -> list[float]:
     return [out[i] / 1000 for i in range(n)]
 
 
-def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(p / 100 * len(values)))]
-
-
 def hit_cost(stub: Path, daemon: PolicyDaemon, n: int) -> None:
     s = shim(stub, daemon)                    # its warm-up cached the scope /device/Device123/#
     dev = s.client("c1", "Device123")
@@ -73,7 +69,7 @@ def miss_round_trip(stub: Path, daemon: PolicyDaemon, n: int) -> None:
     s = shim(stub, daemon, cache_size=0)
     dev = s.client("c1", "Device123")
     us = timed(s, dev, TOPIC, n)
-    print(f"miss round trip (cache off):   p50 {pct(us, 50):7.0f} µs  p99 {pct(us, 99):7.0f} µs  "
+    print(f"miss round trip (cache off):   p50 {percentile(us, 50):7.0f} µs  p99 {percentile(us, 99):7.0f} µs  "
           f"max {max(us):7.0f} µs  ({n} checks)")
     s.close()
 
@@ -84,7 +80,7 @@ def daemon_stopped(stub: Path, daemon: PolicyDaemon, n: int) -> None:
     daemon.stop()
     wait_for(lambda: not s.allowed(dev, WRITE, TOPIC), 5, "checks to fail")
     us = timed(s, dev, TOPIC, n)
-    print(f"daemon stopped, per check:     p50 {pct(us, 50):7.1f} µs  p99 {pct(us, 99):7.1f} µs  "
+    print(f"daemon stopped, per check:     p50 {percentile(us, 50):7.1f} µs  p99 {percentile(us, 99):7.1f} µs  "
           f"max {max(us):7.1f} µs  ({n} checks)")
     daemon.start()
     t0 = time.perf_counter()
@@ -109,9 +105,9 @@ def daemon_hung(stub: Path, daemon: PolicyDaemon, n: int) -> None:
         daemon.proc.send_signal(signal.SIGCONT)
     print(f"daemon hung, first 3 uncached: {', '.join(f'{u / 1000:.0f}' for u in first)} ms "
           f"(deadline 100 ms; the breaker opens after 3)")
-    print(f"daemon hung, breaker open:     p50 {pct(open_us, 50):7.1f} µs  max {max(open_us):7.1f} µs "
+    print(f"daemon hung, breaker open:     p50 {percentile(open_us, 50):7.1f} µs  max {max(open_us):7.1f} µs "
           f"(uncached, denied without asking)")
-    print(f"daemon hung, cached:           p50 {pct(cached_us, 50) * 1000:7.0f} ns  "
+    print(f"daemon hung, cached:           p50 {percentile(cached_us, 50) * 1000:7.0f} ns  "
           f"(served from the cache)")
     s.close()
 

@@ -149,6 +149,12 @@ def loadgen_args(broker: Broker, *args: str) -> list[str]:
             "--certdir", str(broker.pki.dir), *args]
 
 
+def percentile(values: list[float], p: float) -> float:
+    """The value at the p-th percentile of the sorted samples (nearest rank below)."""
+    s = sorted(values)
+    return s[min(len(s) - 1, int(p / 100 * len(s)))]
+
+
 def median(values: list[float]) -> float:
     s = sorted(values)
     n = len(s)

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from harness import POLICYD, ROOT, BROKER_USER, PolicyDaemon, broker_user_exists, free_port, wait_for
+from harness import (POLICYD, ROOT, BROKER_USER, PolicyDaemon, broker_user_exists, close_all, free_port,
+                     wait_for)
 
 
 class EtcdMember:
@@ -181,11 +182,7 @@ class FleetStack:
         return fleet_cli(self.source, *args)
 
     def close(self) -> None:
-        for dev in self.opened:
-            try:
-                dev.close()
-            except Exception:
-                pass
+        close_all(self.opened)
         for broker in self.brokers:
             broker.stop()
         for daemon in self.daemons:

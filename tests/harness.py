@@ -360,6 +360,15 @@ class Device:
         self.client.loop_stop()
 
 
+def close_all(devices) -> None:
+    """Closes each device, whatever state a failed test left it in."""
+    for dev in devices:
+        try:
+            dev.close()
+        except Exception:
+            pass
+
+
 def password_listener(pki: Pki, port: int) -> str:
     """Broker configuration lines for a second TLS listener without client certificates, where
     clients connect with a username and password."""

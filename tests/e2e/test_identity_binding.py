@@ -18,8 +18,8 @@ import subprocess
 import paho.mqtt.client as mqtt
 import pytest
 from cryptography.x509.oid import NameOID
-from harness import (POLICYD, ROOT, Broker, BrokerConfig, Device, Pki, PolicyDaemon, free_port, make_workdir,
-                     run_policyd, wait_for)
+from harness import (POLICYD, ROOT, Broker, BrokerConfig, Device, Pki, PolicyDaemon, close_all, free_port,
+                     make_workdir, run_policyd, wait_for)
 from test_identity import Issuer
 
 NOT_AUTHORIZED = 0x87
@@ -73,11 +73,7 @@ class Stack:
         self.daemon.start()
 
     def close(self) -> None:
-        for dev in self.opened:
-            try:
-                dev.close()
-            except Exception:
-                pass
+        close_all(self.opened)
         self.broker.stop()
         self.daemon.stop()
         shutil.rmtree(self.work, ignore_errors=True)
