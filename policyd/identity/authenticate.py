@@ -9,6 +9,7 @@ text is escaped.
 from __future__ import annotations
 
 import logging
+from typing import Mapping
 
 from ..server.ratelimit import RateLimitedLog
 from ..v1 import policy_pb2 as pb
@@ -26,10 +27,16 @@ class Authenticator:
         self._refusals = RateLimitedLog(log, interval_s=1.0)
 
     def authenticate(self, request: pb.AuthenticateRequest, peer: str = "") -> pb.AuthenticateResponse:
+        return self.accept(request, peer)[0]
+
+    def accept(self, request: pb.AuthenticateRequest,
+               peer: str = "") -> tuple[pb.AuthenticateResponse, Mapping[str, tuple[str, ...]]]:
+        """The answer, and the accepted client's certificate attributes as a check of it gets
+        them (empty: a password client, or refused)."""
         policy = self.store.current  # one policy for the whole answer
         try:
             if not request.certificate_der and request.has_password:
-                return self._password_client(request, policy, peer)
+                return self._password_client(request, policy, peer), {}
             ident = identify(request.certificate_der, policy.identity)
             _check_not_revoked(policy, ident.username)
             _check_client_id(policy, ident.username, request.client_id)
@@ -38,18 +45,19 @@ class Authenticator:
             self._refusals.warning(refused.kind, "CONNECT refused: client %s from %s: %s",
                                    _escaped(request.client_id), _peer(request, peer), refused)
             return pb.AuthenticateResponse(result=pb.RESULT_DENY, reason=str(refused),
-                                           generation=policy.generation)
+                                           generation=policy.generation), {}
         except Exception:  # never let a bug become an allow
             self.counters.add("auth.error")
             self._refusals.exception("error", "CONNECT refused: Authenticate failed")
             return pb.AuthenticateResponse(result=pb.RESULT_DENY, reason="internal error",
-                                           generation=getattr(policy, "generation", 0))
+                                           generation=getattr(policy, "generation", 0)), {}
         self.counters.add("auth.allow")
         log.debug("CONNECT accepted: client %s from %s is %r (serial %x)", _escaped(request.client_id),
                  _peer(request, peer), ident.username, ident.serial)
         return pb.AuthenticateResponse(
             result=pb.RESULT_ALLOW, username=ident.username.encode("utf-8"), generation=policy.generation,
-            attributes=[pb.Attribute(name=k, value=v) for k, vs in sorted(ident.attributes.items()) for v in vs])
+            attributes=[pb.Attribute(name=k, value=v) for k, vs in sorted(ident.attributes.items()) for v in vs],
+        ), ident.attributes
 
     def _password_client(self, request: pb.AuthenticateRequest, policy, peer: str) -> pb.AuthenticateResponse:
         """No certificate, a username and a password: checked against `passwords:`."""

@@ -75,20 +75,18 @@ class PolicyService(pb_grpc.PolicyServicer):
     def Authenticate(self, request: pb.AuthenticateRequest,
                      context: grpc.ServicerContext) -> pb.AuthenticateResponse:
         """Identity mode: who a connecting client is, or why it may not connect (policyd.identity)."""
-        answer = self.authenticator.authenticate(request, context.peer())
+        answer, attributes = self.authenticator.accept(request, context.peer())
         if request.want_scopes and answer.result == pb.RESULT_ALLOW:
-            self._scopes_at_connect(request, answer)
+            self._scopes_at_connect(request, answer, attributes)
         return answer
 
-    def _scopes_at_connect(self, request: pb.AuthenticateRequest, answer: pb.AuthenticateResponse) -> None:
+    def _scopes_at_connect(self, request: pb.AuthenticateRequest, answer: pb.AuthenticateResponse,
+                           attributes) -> None:
         """What a first check's more_scopes would bring, for the identity just accepted: its
         first SUBSCRIBE, publish and delivery then need no call on the broker's thread."""
         policy = self.store.current
         if policy.generation != answer.generation or policy.retired:
             return  # a reload in between: the first check asks (and brings them) instead
-        attributes: dict[str, tuple[str, ...]] = {}
-        for attribute in answer.attributes:
-            attributes[attribute.name] = (*attributes.get(attribute.name, ()), attribute.value)
         subject = Request(answer.username, request.client_id, b"", Access.SUBSCRIBE, attributes)
         ident = Identity.of(answer.username, request.client_id)
         scopes = self._more_scopes(policy, subject, ident, policy.stages(ident, attributes))
