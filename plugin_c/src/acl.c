@@ -571,15 +571,12 @@ static int ask_daemon(struct policyd_plugin *plugin, struct acl_subject *s, int6
 /* Checks still run without TICK (fail closed), but revocation kicks, Watch
  * events and stats reports do not: say so loudly, and report it from here
  * (the report is asynchronous; kicking from inside a check is not safe). */
-static void tick_watchdog(struct policyd_plugin *plugin, int64_t now_ms)
+static __attribute__((noinline)) void tick_overdue(struct policyd_plugin *plugin, int64_t now_ms)
 {
-	int64_t since = plugin->last_tick_ms ? plugin->last_tick_ms : plugin->first_check_ms;
+	int64_t since = plugin->tick_due_by_ms - TICK_EXPECTED_WITHIN_MS;
 
-	if(plugin->first_check_ms == 0){
-		plugin->first_check_ms = now_ms;
-		return;
-	}
-	if(now_ms - since < TICK_EXPECTED_WITHIN_MS){
+	if(plugin->tick_due_by_ms == 0){
+		plugin->tick_due_by_ms = now_ms + TICK_EXPECTED_WITHIN_MS; /* the first check */
 		return;
 	}
 	if(!plugin->tick_missing){
@@ -594,6 +591,15 @@ static void tick_watchdog(struct policyd_plugin *plugin, int64_t now_ms)
 				"ACL checks still ask policyd.", now_ms - since);
 	}
 	stats_on_tick(plugin, now_ms);
+}
+
+
+/* One comparison on every check: the deadline moves with each TICK. */
+static inline void tick_watchdog(struct policyd_plugin *plugin, int64_t now_ms)
+{
+	if(now_ms >= plugin->tick_due_by_ms){
+		tick_overdue(plugin, now_ms);
+	}
 }
 
 
@@ -717,7 +723,7 @@ int acl_cache_start(struct policyd_plugin *plugin)
 /* TICK: frees a slice of the entries no check can use any more. */
 void acl_on_tick(struct policyd_plugin *plugin, int64_t now_ms)
 {
-	plugin->last_tick_ms = now_ms;
+	plugin->tick_due_by_ms = now_ms + TICK_EXPECTED_WITHIN_MS;
 	plugin->tick_missing = false;
 	if(cache_sweep_at_start(plugin->cache) && now_ms < plugin->sweep_resume_ms){
 		return;

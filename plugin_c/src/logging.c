@@ -9,28 +9,6 @@
 
 #define LOG_LINE_MAX 1024
 
-int64_t monotonic_ms(void)
-{
-	struct timespec ts;
-
-	if(clock_gettime(CLOCK_MONOTONIC, &ts) != 0){
-		return 0;
-	}
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-
-int64_t monotonic_us(void)
-{
-	struct timespec ts;
-
-	if(clock_gettime(CLOCK_MONOTONIC, &ts) != 0){
-		return 0;
-	}
-	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-
 void log_limiter_init(struct log_limiter *limiter, unsigned burst)
 {
 	memset(limiter, 0, sizeof(*limiter));

@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 /* A limiter lets `burst` lines through per LOG_LIMIT_WINDOW_MS; the lines
  * it holds back are counted and reported on the next line it lets through. */
@@ -48,7 +49,30 @@ const char *log_sanitize(char *dst, size_t dstlen, const char *src, size_t srcle
 /* Same for a NUL-terminated string (NULL allowed, rendered as "(null)"). */
 const char *log_sanitize_str(char *dst, size_t dstlen, const char *src);
 
-int64_t monotonic_ms(void);
-int64_t monotonic_us(void);
+/* The monotonic clock, inline: every cache hit reads it (an expiry check). */
+static inline struct timespec monotonic_now(void)
+{
+	struct timespec ts;
+
+	if(clock_gettime(CLOCK_MONOTONIC, &ts) != 0){
+		ts.tv_sec = 0;
+		ts.tv_nsec = 0;
+	}
+	return ts;
+}
+
+static inline int64_t monotonic_ms(void)
+{
+	struct timespec ts = monotonic_now();
+
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static inline int64_t monotonic_us(void)
+{
+	struct timespec ts = monotonic_now();
+
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
 
 #endif

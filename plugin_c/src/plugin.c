@@ -135,7 +135,8 @@ static int plugin_on_acl_check(int event, void *event_data, void *userdata)
 	if(!pthread_equal(pthread_self(), plugin_main_thread)){
 		return plugin_refuse_foreign(event);
 	}
-	if(plugin != NULL && ed != NULL){
+	/* CONNECTs are completed later only on 2.1 in identity mode. */
+	if(plugin != NULL && plugin->auth_delayed != NULL && ed != NULL){
 		auth_delayed_claim(plugin, ed->client);
 	}
 	return acl_check_callback(event, event_data, userdata);

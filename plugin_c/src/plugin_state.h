@@ -71,8 +71,7 @@ struct policyd_plugin {
 	int64_t housekeeping_due_ms;          /* next sweeps and stats at TICK (plugin.c) */
 	/* TICK watchdog (acl.c): Mosquitto 2.0 with per_listener_settings true
 	 * sends no MOSQ_EVT_TICK, and kicks, Watch events and stats stop. */
-	int64_t last_tick_ms;                 /* 0: none yet */
-	int64_t first_check_ms;               /* 0: no check yet */
+	int64_t tick_due_by_ms;               /* a TICK is missing after this; 0: no check or TICK yet */
 	bool tick_missing;                    /* no TICK for TICK_EXPECTED_WITHIN_MS while checks run */
 	struct log_limiter tick_log;
 	struct policyd_auth auth;             /* identity mode: CONNECT counters, log limiters */
