@@ -447,6 +447,16 @@ static void record_call(struct policyd_plugin *plugin, const struct policy_check
 
 /* ------------------------------------------------------------ callback */
 
+/* Mosquitto checks a retained message's publisher (a WRITE) with a stand-in
+ * client that has no connection, hence no network address, under the
+ * publisher's username and client id. Every live client has an address, from
+ * its accept until it is freed. */
+static inline bool is_stand_in(const struct mosquitto *client)
+{
+	return mosquitto_client_address(client) == NULL;
+}
+
+
 /* What travels with an uncached check besides the question: how the client was
  * verified and, when it has one, its certificate, so the daemon needs no memory
  * of the session. The certificate comes from the client's record (conn.c),
@@ -464,8 +474,7 @@ static void attach_provenance(struct policyd_plugin *plugin, struct acl_subject 
 		r->certificate_der_len = c->der_len;
 		r->identity_by_daemon = plugin->config.identity == IDENTITY_CERT;
 	}else if(c == NULL || c->has_certificate){
-		/* Mosquitto checks a retained message's publisher with a stand-in client
-		 * that has no connection; or the certificate could not be kept. */
+		/* a stand-in client (no record), or the certificate could not be kept */
 		r->provenance = POLICY_PROVENANCE_UNKNOWN;
 	}else{
 		r->provenance = POLICY_PROVENANCE_BROKER;
@@ -483,7 +492,7 @@ static struct conn *subject_conn(struct policyd_plugin *plugin, struct acl_subje
 	if(c != NULL && !c->offline){
 		return c;
 	}
-	if(mosquitto_client_address(s->client) == NULL){
+	if(is_stand_in(s->client)){
 		return NULL;
 	}
 	cert = mosquitto_client_certificate(s->client); /* a new reference, or NULL */
@@ -643,11 +652,10 @@ int acl_check_callback(int event, void *event_data, void *userdata)
 	}
 	now_ms = monotonic_ms();
 	tick_watchdog(plugin, now_ms);
-	/* Mosquitto checks a retained message's publisher (a WRITE) with a stand-in
-	 * client that has no connection: policyd decides it without a certificate,
-	 * and its live connection's entries, under the same identity, were decided
-	 * with one. It is asked, never served from them (answer_cacheable). */
-	if(ed->access == MOSQ_ACL_WRITE && mosquitto_client_address(ed->client) == NULL){
+	/* A stand-in is decided without a certificate, and its live connection's
+	 * entries, under the same identity, were decided with one: it is asked,
+	 * never served from them (answer_cacheable). */
+	if(ed->access == MOSQ_ACL_WRITE && is_stand_in(ed->client)){
 		return check_uncached(plugin, ed, now_ms);
 	}
 	id.owner = ed->client;
@@ -669,7 +677,7 @@ static void connection_going_offline(struct policyd_plugin *plugin, struct mosqu
 {
 	X509 *cert;
 
-	if(conn_find(plugin->conns, client) == NULL && mosquitto_client_address(client) != NULL){
+	if(conn_find(plugin->conns, client) == NULL && !is_stand_in(client)){
 		cert = mosquitto_client_certificate(client); /* a new reference, or NULL */
 		conn_track(plugin->conns, client, cert);
 		X509_free(cert);
