@@ -246,6 +246,16 @@ static uint64_t generation_sync(struct policyd_plugin *plugin, uint64_t seen)
 }
 
 
+/* generation_sync() for a check that brings no generation: on most checks
+ * nothing has changed, and this is one load and one comparison. */
+static inline uint64_t generation_current(struct policyd_plugin *plugin)
+{
+	uint64_t cur = atomic_load(&plugin->generation);
+
+	return cur == plugin->cache_generation ? cur : generation_sync(plugin, 0);
+}
+
+
 static int64_t jittered_ttl_ms(int64_t ttl_ms)
 {
 	static uint64_t state = 0x9e3779b97f4a7c15ULL;
@@ -637,7 +647,6 @@ int acl_check_callback(int event, void *event_data, void *userdata)
 	const struct mosquitto_evt_acl_check *ed = event_data;
 	struct cache_identity id;
 	struct cache_answer cached;
-	enum policy_access access;
 	int64_t now_ms;
 
 	if(plugin == NULL || ed == NULL || event != MOSQ_EVT_ACL_CHECK){
@@ -647,7 +656,7 @@ int acl_check_callback(int event, void *event_data, void *userdata)
 	/* The cache is asked straight from the event: a hit needs no request, no
 	 * length but the topic's, and no copy of anything. */
 	id.client_id = ed->client != NULL ? mosquitto_client_id(ed->client) : NULL;
-	if(id.client_id == NULL || ed->topic == NULL || !access_to_policy(ed->access, &access)){
+	if(id.client_id == NULL || ed->topic == NULL){
 		return check_uncached(plugin, ed, 0); /* rejected there, with the reason */
 	}
 	now_ms = monotonic_ms();
@@ -660,9 +669,10 @@ int acl_check_callback(int event, void *event_data, void *userdata)
 	}
 	id.owner = ed->client;
 	id.username = mosquitto_client_username(ed->client);
-	/* a newer generation from the Watch stream flushes first */
+	/* An access the cache has no slot for is a miss, and check_uncached()
+	 * rejects it; a newer generation from the Watch stream flushes first. */
 	if(cache_lookup(plugin->cache, &id, ed->access, ed->topic, strlen(ed->topic),
-				generation_sync(plugin, 0), now_ms, 0, &cached) == CACHE_HIT){
+				generation_current(plugin), now_ms, 0, &cached) == CACHE_HIT){
 		plugin->counters.cache_hits++;
 		return answer_rc(plugin, cached.allow);
 	}
