@@ -202,3 +202,14 @@ def test_a_first_miss_brings_the_clients_other_allows(make_daemon, make_shim):
     assert shim.allowed(admin, READ, "/device/Device999/t")           # hit
     stats = shim.close()
     assert (stats["misses"], stats["hits"]) == (6, 3)
+
+
+def test_an_access_type_mosquitto_does_not_define_is_denied_though_the_client_has_scopes(make_daemon, make_shim):
+    shim = make_shim(make_daemon())
+    dev = shim.client("c9", "Device999")
+    assert shim.allowed(dev, WRITE, "/device/Device999/t")    # brings its READ and WRITE scopes
+    assert shim.allowed(dev, READ, "/device/Device999/t")     # served from them
+    for access in (0, 3, 16, 0x7fffffff, -1):
+        assert not shim.allowed(dev, access, "/device/Device999/t")
+    stats = shim.close()
+    assert stats["hits"] == 1 and stats["rejected"] == 5, stats
