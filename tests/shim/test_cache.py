@@ -96,6 +96,23 @@ def test_a_new_generation_flushes_the_cache(make_daemon, make_shim):
     assert stats["hits"] >= 1 and stats["misses"] >= 3, stats
 
 
+def test_a_generation_from_the_watch_stream_alone_stops_hits_of_the_old_one(make_daemon, make_shim):
+    # No miss and no TICK brings the new generation here: only the Watch thread, which raises
+    # the shared generation. The hit path itself must notice it before serving an old answer.
+    daemon = make_daemon("--cache-ttl-ms", "60000")
+    shim = make_shim(daemon)
+    dev = shim.client("c1", "Device123")
+    assert shim.allowed(dev, WRITE, "/device/Device123/t")
+    assert shim.allowed(dev, WRITE, "/device/Device123/t")     # a hit, with a TTL of a minute
+    daemon.rules.write_text("users:\n  Device124:\n    - {topic: x, access: write}\n")
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: daemon.log().count("policy generation") >= 2, 10, "reload")
+    wait_for(lambda: not shim.allowed(dev, WRITE, "/device/Device123/t"), 10,
+             "the revoked grant to stop being served")
+    stats = shim.close()
+    assert stats["hits"] >= 1 and stats["misses"] == 2, stats
+
+
 def test_disconnect_drops_the_clients_entries_only(make_daemon, make_shim):
     shim = make_shim(make_daemon())
     a = shim.client("ca", "Device123")
