@@ -76,16 +76,23 @@ def test_cache_ttl_option_caps_the_daemon_ttl_and_zero_size_disables(make_daemon
     assert (stats["misses"], stats["entries"]) == (3, 0)
 
 
-def test_a_new_generation_flushes_the_cache(make_daemon, make_shim):
+def _grant_cached_then_policy_reloaded(make_daemon, make_shim):
+    """Device123's WRITE allowed and served from the cache (TTL a minute), then a policy that
+    takes it away, loaded by the daemon."""
     daemon = make_daemon("--cache-ttl-ms", "60000")
     shim = make_shim(daemon)
     dev = shim.client("c1", "Device123")
-    other = shim.client("c2", "Device124")
     assert shim.allowed(dev, WRITE, "/device/Device123/t")
     assert shim.allowed(dev, WRITE, "/device/Device123/t")     # a hit, with a TTL of a minute
     daemon.rules.write_text("users:\n  Device124:\n    - {topic: x, access: write}\n")
     daemon.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: daemon.log().count("policy generation") >= 2, 10, "reload")
+    return shim, dev
+
+
+def test_a_new_generation_flushes_the_cache(make_daemon, make_shim):
+    shim, dev = _grant_cached_then_policy_reloaded(make_daemon, make_shim)
+    other = shim.client("c2", "Device124")
     # The new generation reaches the shim through the Watch stream or through the next answer
     # (other's miss); either way the old allow is never served again.
     shim.allowed(other, WRITE, "x")
@@ -99,14 +106,7 @@ def test_a_new_generation_flushes_the_cache(make_daemon, make_shim):
 def test_a_generation_from_the_watch_stream_alone_stops_hits_of_the_old_one(make_daemon, make_shim):
     # No miss and no TICK brings the new generation here: only the Watch thread, which raises
     # the shared generation. The hit path itself must notice it before serving an old answer.
-    daemon = make_daemon("--cache-ttl-ms", "60000")
-    shim = make_shim(daemon)
-    dev = shim.client("c1", "Device123")
-    assert shim.allowed(dev, WRITE, "/device/Device123/t")
-    assert shim.allowed(dev, WRITE, "/device/Device123/t")     # a hit, with a TTL of a minute
-    daemon.rules.write_text("users:\n  Device124:\n    - {topic: x, access: write}\n")
-    daemon.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: daemon.log().count("policy generation") >= 2, 10, "reload")
+    shim, dev = _grant_cached_then_policy_reloaded(make_daemon, make_shim)
     wait_for(lambda: not shim.allowed(dev, WRITE, "/device/Device123/t"), 10,
              "the revoked grant to stop being served")
     stats = shim.close()
