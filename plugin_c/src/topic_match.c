@@ -59,8 +59,17 @@ static inline bool word_has_special(uint64_t w)
 }
 
 
-/* Not only ASCII, or too short for a word: byte by byte. */
-static __attribute__((noinline)) bool is_plain_name_slow(const unsigned char *s, size_t len)
+/* From the first byte that is not ASCII on (a UTF-8 sequence cannot start in
+ * the ASCII before it): no '+', '#' or NUL, and well-formed UTF-8. */
+static __attribute__((noinline)) bool is_plain_utf8_rest(const unsigned char *s, size_t len)
+{
+	return memchr(s, '+', len) == NULL && memchr(s, '#', len) == NULL
+			&& memchr(s, '\0', len) == NULL && is_utf8(s, len);
+}
+
+
+/* Too short for a word, or not only ASCII: byte by byte. */
+static inline bool is_plain_bytes(const unsigned char *s, size_t len)
 {
 	size_t i;
 
@@ -69,15 +78,13 @@ static __attribute__((noinline)) bool is_plain_name_slow(const unsigned char *s,
 			return false;
 		}
 	}
-	/* Everything before i is ASCII, so a UTF-8 sequence cannot start earlier. */
-	return i == len || (memchr(s + i, '+', len - i) == NULL && memchr(s + i, '#', len - i) == NULL
-			&& memchr(s + i, '\0', len - i) == NULL && is_utf8(s + i, len - i));
+	return i == len || is_plain_utf8_rest(s + i, len - i);
 }
 
 
 /* No '+', '#' or NUL, and well-formed UTF-8. ASCII, the common case, is
  * checked a word at a time (the last word may overlap the one before; 4 to 7
- * bytes are two overlapping halves; fewer, byte by byte here): this runs on
+ * bytes are two overlapping halves; fewer, byte by byte): this runs on
  * every cache hit through a scope. */
 static inline __attribute__((always_inline)) bool is_plain_name(const char *topic, size_t len)
 {
@@ -87,21 +94,13 @@ static inline __attribute__((always_inline)) bool is_plain_name(const char *topi
 	uint32_t lo, hi;
 
 	if(len < 4){
-		for(i = 0; i < len; i++){
-			if(s[i] >= 0x80){
-				return is_plain_name_slow(s, len);
-			}
-			if(s[i] == '+' || s[i] == '#' || s[i] == '\0'){
-				return false;
-			}
-		}
-		return true;
+		return is_plain_bytes(s, len);
 	}
 	if(len < 8){
 		memcpy(&lo, s, 4);
 		memcpy(&hi, s + len - 4, 4);
 		w = lo | (uint64_t)hi << 32;
-		return (w & BYTES_80) ? is_plain_name_slow(s, len) : !word_has_special(w);
+		return (w & BYTES_80) ? is_plain_bytes(s, len) : !word_has_special(w);
 	}
 	for(i = 0; ; i += 8){
 		if(i + 8 > len){
@@ -109,7 +108,7 @@ static inline __attribute__((always_inline)) bool is_plain_name(const char *topi
 		}
 		memcpy(&w, s + i, 8);
 		if(w & BYTES_80){
-			return is_plain_name_slow(s + i, len - i); /* all before i is plain ASCII */
+			return is_plain_bytes(s + i, len - i); /* all before i is plain ASCII */
 		}
 		if(word_has_special(w)){
 			return false;
