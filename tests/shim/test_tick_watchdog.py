@@ -32,7 +32,6 @@ def test_ticks_keep_the_watchdog_quiet(make_daemon, make_shim):
     assert shim.close()["tick_missing"] == 0
 
 
-
 def test_ticks_that_stop_are_reported_and_a_tick_ends_each_report(make_daemon, make_shim):
     # The watchdog is a deadline each TICK moves: it must still expire once TICKs that did
     # arrive stop, and a TICK must end the episode so that the next stop is reported again.
